@@ -1,0 +1,81 @@
+"""Runtime settings, read from environment variables with documented defaults.
+
+Everything the loop writes lives under one folder (``LOOP_HOME``, default ``./.loop``) unless a
+variable points a part elsewhere (a Prefect server, an MLflow tracking server, object storage).
+Settings are read once into an immutable object and passed down; nothing here is global state.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (default description, meaning); README's settings table is generated from the same words.
+DOCUMENTED = {
+    "LOOP_HOME": ("./.loop", "folder for all runtime state (store, MLflow, Prefect, reports, demo output)"),
+    "LOOP_STORE_URI": ("$LOOP_HOME/store", "where the Delta tables live (a path; object-store URIs later)"),
+    "LOOP_SPECS_DIR": ("data/specs", "folder of model specs (one TOML file per model)"),
+    "LOOP_INBOX": ("$LOOP_HOME/inbox", "folder the scheduled ingest picks files up from"),
+    "LOOP_PSEUDONYM_KEY": ("a fixed demo key", "secret key for pseudonymising lead/customer ids (set it in production)"),
+    "MLFLOW_TRACKING_URI": ("sqlite:///$LOOP_HOME/mlflow/mlflow.db", "MLflow tracking + registry backend"),
+    "PREFECT_HOME": ("$LOOP_HOME/prefect", "Prefect's home (its SQLite DB when no server is set)"),
+    "PREFECT_API_URL": ("unset: ephemeral local API", "a Prefect server, e.g. http://127.0.0.1:4200/api"),
+}
+
+DEMO_PSEUDONYM_KEY = "demo-only-pseudonym-key-change-me"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    store_uri: str
+    specs_dir: Path
+    inbox: Path
+    mlflow_tracking_uri: str
+    mlflow_artifact_root: Path
+    pseudonym_key: bytes
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def demo_dir(self) -> Path:
+        return self.home / "demo"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        home = Path(env.get("LOOP_HOME", ".loop")).resolve()
+        return cls(
+            home=home,
+            store_uri=env.get("LOOP_STORE_URI", str(home / "store")),
+            specs_dir=Path(env.get("LOOP_SPECS_DIR", str(REPO_ROOT / "data" / "specs"))),
+            inbox=Path(env.get("LOOP_INBOX", str(home / "inbox"))),
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
+            mlflow_artifact_root=home / "mlflow" / "artifacts",
+            pseudonym_key=env.get("LOOP_PSEUDONYM_KEY", DEMO_PSEUDONYM_KEY).encode(),
+        )
+
+
+def prepare_environment(environ: dict[str, str] | None = None) -> Settings:
+    """Fill in the environment that Prefect and MLflow read at import time, then return settings.
+
+    Must run before ``prefect`` is imported: importing it creates ``$PREFECT_HOME``.
+    Only defaults are set; a variable the user exported wins.
+    """
+    env = os.environ if environ is None else environ
+    settings = Settings.from_env(env)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    (settings.home / "mlflow").mkdir(exist_ok=True)
+    env.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    env.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    env.setdefault("DO_NOT_TRACK", "true")
+    env.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    return settings

@@ -1,0 +1,195 @@
+"""Model specs: TOML files read once into typed, validated objects.
+
+A company with other CRM fields writes its own spec; no code changes. The spec's content hash
+is logged with every run so a model can be traced to the exact spec it was trained under.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+FeatureType = Literal["numeric", "categorical", "boolean"]
+
+
+class SpecError(ValueError):
+    """A spec file is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    type: FeatureType
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Condition:
+    column: str
+    values: tuple[Any, ...] = ()       # `in = [...]`
+    equals: Any = None
+    at_least: float | None = None
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    values: tuple[str, ...]
+    positive: tuple[str, ...]
+    terminal: tuple[str, ...]
+    maturity_days: int
+
+
+@dataclass(frozen=True)
+class Objective:
+    kind: Literal["expected_value", "precision_target"]
+    value_per_conversion: float = 0.0
+    cost_per_action: float = 0.0
+    action_effect: float = 1.0
+    weekly_capacity: int = 0
+    target_acceptance: float = 0.95
+    value_per_action: float = 0.0
+    cost_per_failure: float = 0.0
+    min_auto_sent: int = 50
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    method: str
+    categorical_method: str
+    threshold: float
+    drift_share: float
+    score_threshold: float
+    outcome_rate_tolerance: float
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    min_labelled_rows: int
+    calibration: Literal["isotonic", "sigmoid"]
+    test_rows: int
+    calibration_rows: int
+    retrain_every_weeks: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Gates:
+    min_labelled_rows: int
+    auc_tolerance: float
+    max_calibration_error: float
+    min_auc: float
+    max_decision_flip_share: float
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    entity: str
+    positive_decision: str
+    negative_decision: str
+    unknown_categories: Literal["accept", "reject"]
+    features: tuple[Feature, ...]
+    outcomes: Outcomes
+    objective: Objective
+    drift: DriftConfig
+    cold_start: tuple[Condition, ...]
+    training: TrainingConfig
+    gates: Gates
+    content_hash: str
+    source_text: str
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def features_of(self, kind: FeatureType) -> list[str]:
+        return [f.name for f in self.features if f.type == kind]
+
+    @property
+    def decisions(self) -> tuple[str, str]:
+        return (self.positive_decision, self.negative_decision)
+
+
+def _section(raw: dict, key: str, path: Path) -> dict:
+    if key not in raw or not isinstance(raw[key], dict):
+        raise SpecError(f"{path}: missing table [{key}]")
+    return raw[key]
+
+
+def _build(cls, values: dict, path: Path, section: str):
+    try:
+        return cls(**values)
+    except TypeError as exc:  # unknown or missing key
+        raise SpecError(f"{path}: [{section}] {exc}") from None
+
+
+def parse_spec(text: str, path: Path) -> ModelSpec:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    for key in ("name", "entity", "positive_decision", "negative_decision"):
+        if not isinstance(raw.get(key), str):
+            raise SpecError(f"{path}: missing string key '{key}'")
+    features = []
+    for item in raw.get("features", []):
+        if item.get("type") not in ("numeric", "categorical", "boolean"):
+            raise SpecError(f"{path}: feature '{item.get('name')}' has type {item.get('type')!r}; "
+                            "expected numeric, categorical or boolean")
+        features.append(Feature(item["name"], item["type"], tuple(item.get("categories", ()))))
+    if not features:
+        raise SpecError(f"{path}: no [[features]]")
+    outcomes = _section(raw, "outcomes", path)
+    out = Outcomes(tuple(outcomes["values"]), tuple(outcomes["positive"]),
+                   tuple(outcomes.get("terminal", outcomes["values"])), int(outcomes["maturity_days"]))
+    unknown = set(out.positive) - set(out.values)
+    if unknown:
+        raise SpecError(f"{path}: [outcomes] positive names values not in 'values': {sorted(unknown)}")
+    conditions = tuple(
+        Condition(c["column"], tuple(c.get("in", ())), c.get("equals"), c.get("at_least"))
+        for c in _section(raw, "cold_start", path).get("any", [])
+    )
+    for c in conditions:
+        if c.column not in {f.name for f in features}:
+            raise SpecError(f"{path}: [cold_start] uses unknown column '{c.column}'")
+    policy = raw.get("unknown_categories", "accept")
+    if policy not in ("accept", "reject"):
+        raise SpecError(f"{path}: unknown_categories must be 'accept' or 'reject', not {policy!r}")
+    return ModelSpec(
+        name=raw["name"],
+        description=raw.get("description", ""),
+        entity=raw["entity"],
+        positive_decision=raw["positive_decision"],
+        negative_decision=raw["negative_decision"],
+        unknown_categories=policy,
+        features=tuple(features),
+        outcomes=out,
+        objective=_build(Objective, _section(raw, "objective", path), path, "objective"),
+        drift=_build(DriftConfig, _section(raw, "drift", path), path, "drift"),
+        cold_start=conditions,
+        training=_build(TrainingConfig, _section(raw, "training", path), path, "training"),
+        gates=_build(Gates, _section(raw, "gates", path), path, "gates"),
+        content_hash=hashlib.sha256(text.encode()).hexdigest()[:16],
+        source_text=text,
+    )
+
+
+def load_spec(path: Path) -> ModelSpec:
+    return parse_spec(path.read_text(encoding="utf-8"), path)
+
+
+def load_specs(specs_dir: Path) -> dict[str, ModelSpec]:
+    """All specs in a folder, by model name."""
+    specs = {}
+    for path in sorted(specs_dir.glob("*.toml")):
+        spec = load_spec(path)
+        if spec.name in specs:
+            raise SpecError(f"{path}: model name '{spec.name}' is defined twice")
+        specs[spec.name] = spec
+    if not specs:
+        raise SpecError(f"{specs_dir}: no *.toml model specs found")
+    return specs

@@ -1,0 +1,314 @@
+"""`loop`: the command line of the self-optimising feedback loop.
+
+Exit codes: 0 success; 1 error (bad input, unknown model, failed run); 3 ingest finished but
+rejected rows or files (they are in quarantine / failed); 4 a demo check failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from features.settings import prepare_environment
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+EXIT_ERROR, EXIT_REJECTED, EXIT_CHECK_FAILED = 1, 3, 4
+
+AsOf = Annotated[Optional[datetime], typer.Option(
+    "--as-of", help="Treat this moment as 'now' (ISO time, UTC if no offset). Default: the system clock.")]
+
+
+def _now(as_of: datetime | None) -> datetime:
+    if as_of is None:
+        return datetime.now(UTC)
+    return as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
+
+
+def _runtime():
+    prepare_environment()
+    from flows.runtime import Runtime
+
+    return Runtime.from_env()
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def ingest(paths: Annotated[list[Path], typer.Argument(help="CSV, Parquet or JSON Lines files, or folders of them.")],
+           as_of: AsOf = None) -> None:
+    """Validate action/outcome files and store them; bad rows go to quarantine with a reason."""
+    runtime = _runtime()
+    from features.clock import SimulatedClock
+    from features.ingest import IngestReport, discover, ingest_file
+
+    try:
+        files = [f for p in paths for f in discover(p)]
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    clock = SimulatedClock(_now(as_of))
+    total = IngestReport()
+    import uuid
+
+    ingest_id = uuid.uuid4().hex[:12]
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("ingesting", total=len(files))
+        for file in files:
+            total.add(ingest_file(file, runtime.store, clock, runtime.settings.pseudonym_key, ingest_id))
+            progress.advance(bar)
+    counts = total.as_dict()
+    console.print(f"read {counts['rows_read']} rows from {counts['files']} file(s): stored {counts['actions_stored']} actions "
+                  f"and {counts['outcomes_stored']} outcomes, {counts['duplicates']} duplicates, "
+                  f"{counts['quarantined']} quarantined, {counts['failed_files']} file(s) unreadable")
+    for source, reason in total.failed_files:
+        console.print(f"  [yellow]unreadable[/yellow] {source}: {reason}")
+    if not total.clean:
+        raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command()
+def quarantine(limit: Annotated[int, typer.Option(help="Show at most this many rows.")] = 20) -> None:
+    """List rejected rows with the file, row number and reason."""
+    import polars as pl
+
+    runtime = _runtime()
+    rows = runtime.store.scan_quarantine().sort("quarantined_at", descending=True).head(limit).collect()
+    if rows.is_empty():
+        console.print("quarantine is empty")
+        return
+    with pl.Config(fmt_str_lengths=120, tbl_width_chars=200, tbl_rows=limit):
+        console.print(rows.select("source_file", "row_number", "reason"))
+
+
+@app.command()
+def simulate(out: Annotated[Path, typer.Option(help="Folder to write the simulated CRM/mailbox exports to.")] = Path("simulated"),
+             weeks: Annotated[int, typer.Option(help="Simulated weeks.")] = 2,
+             seed: Annotated[int, typer.Option(help="Seed of the synthetic world.")] = 7) -> None:
+    """Write simulated actions (decided by the cold-start rule) and their observed outcomes as files to ingest."""
+    import polars as pl
+
+    runtime = _runtime()
+    from models.policy import Policy
+    from simulator.world import MODELS, World, WorldConfig
+
+    world = World(WorldConfig(seed=seed), runtime.specs)
+    out.mkdir(parents=True, exist_ok=True)
+    end = world.week_start(weeks)
+    for week in range(weeks):
+        for model in MODELS:
+            spec = runtime.spec(model)
+            population = world.population(model, week)
+            entities = population.select("entity_ref", pl.col("arrived_at").alias("decided_at"), *spec.feature_names)
+            actions = Policy(spec).decide(entities, runtime.settings.pseudonym_key)
+            actions.write_csv(out / f"actions-{model}-week{week:02d}.csv")
+            events = world.outcome_events(model, population, actions["decision"], actions["action_id"], actions["decided_at"])
+            events.filter(pl.col("observed_at") <= end).write_ndjson(out / f"outcomes-{model}-week{week:02d}.jsonl")
+    console.print(f"wrote {weeks} week(s) of actions and outcomes to {out}; observed up to {end.isoformat()}. "
+                  f"Next: loop ingest {out} --as-of {end.isoformat()}")
+
+
+@app.command()
+def train(model: Annotated[str, typer.Argument(help="Model name, e.g. lead_scoring.")], as_of: AsOf = None) -> None:
+    """Retrain MODEL on mature outcomes, log it to MLflow and promote it if the gates pass."""
+    runtime = _runtime()
+    if model not in runtime.specs:
+        _fail(f"unknown model '{model}' (known: {', '.join(runtime.specs)})")
+    from flows.retrain import retrain_flow
+
+    result = retrain_flow(model=model, as_of=_now(as_of))
+    console.print(json.dumps({k: v for k, v in result.items() if k != "comparison"}, indent=2, default=str))
+
+
+@app.command()
+def monitor(model: Annotated[str, typer.Argument(help="Model name.")], as_of: AsOf = None) -> None:
+    """Check MODEL for drift (Evidently) against its champion's training window."""
+    runtime = _runtime()
+    if model not in runtime.specs:
+        _fail(f"unknown model '{model}' (known: {', '.join(runtime.specs)})")
+    from flows.monitor import monitor_flow
+
+    console.print(json.dumps(monitor_flow(model=model, as_of=_now(as_of)), indent=2, default=str))
+
+
+@app.command()
+def cycle(as_of: AsOf = None) -> None:
+    """Run one weekly cycle now: ingest the inbox, monitor, retrain when due or drifted, promote."""
+    _runtime()
+    from flows.self_optimise import self_optimise_flow
+
+    result = self_optimise_flow(as_of=_now(as_of))
+    console.print(json.dumps({m: {"drift": r["drift"].get("drift_detected"), "retrain": r["retrain"].get("event", r["retrain"]["status"])}
+                              for m, r in result["models"].items()}, indent=2))
+
+
+def _status(runtime) -> dict:
+    import polars as pl
+
+    store = [s.__dict__ for s in runtime.store.stats()]
+    models = {}
+    for name in runtime.specs:
+        champion = runtime.registry.version_by_alias(name, "champion")
+        challenger = runtime.registry.version_by_alias(name, "challenger")
+        models[name] = {
+            "champion": {"version": champion.version, "threshold": float(champion.tags.get("threshold", "nan")),
+                         "since_week": champion.tags.get("week")} if champion else None,
+            "awaiting_approval": challenger.version if challenger else None,
+        }
+    audit = runtime.store.scan_audit().sort("at", descending=True).head(10).collect()
+    return {"store": store, "models": models,
+            "last_decisions": audit.with_columns(pl.col("at").dt.to_string()).to_dicts()}
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """What the store holds, each model's champion and threshold, pending approvals, the last decisions."""
+    runtime = _runtime()
+    info = _status(runtime)
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    table = Table(title="event store")
+    for col in ("table", "rows", "version", "first", "last"):
+        table.add_column(col)
+    for row in info["store"]:
+        table.add_row(*(str(row[c]) for c in ("table", "rows", "version", "first", "last")))
+    console.print(table)
+    for name, m in info["models"].items():
+        champ = m["champion"]
+        text = f"v{champ['version']} threshold {champ['threshold']:.3f} (since {champ['since_week']})" if champ else "none (cold-start rule)"
+        console.print(f"[bold]{name}[/bold]: champion {text}" + (f"; v{m['awaiting_approval']} awaits approval" if m["awaiting_approval"] else ""))
+    recent = Table(title="last decisions")
+    for col in ("at", "model", "version", "event", "actor", "reasons"):
+        recent.add_column(col, overflow="fold")
+    for row in info["last_decisions"]:
+        recent.add_row(*(str(row[c])[:120] for c in ("at", "model", "version", "event", "actor", "reasons")))
+    console.print(recent)
+
+
+def _decision_command(kind: str, model: str, version: str, by: str, reason: str) -> None:
+    runtime = _runtime()
+    from models.promotion import ApprovalError, AuditTrail, approve, reject
+
+    audit = AuditTrail(runtime.store, runtime.registry, datetime.now(UTC))
+    try:
+        (approve if kind == "approve" else reject)(model, version, by, reason, runtime.registry, audit)
+    except ApprovalError as exc:
+        _fail(str(exc))
+    console.print(f"{model} version {version}: {kind}d by {by}")
+
+
+@app.command("approve")
+def approve_cmd(model: str, version: str,
+                by: Annotated[str, typer.Option("--by", help="Who approves (recorded in the audit table).")],
+                reason: Annotated[str, typer.Option(help="Why.")] = "") -> None:
+    """Approve a version waiting for approval: it becomes champion."""
+    _decision_command("approve", model, version, by, reason)
+
+
+@app.command("reject")
+def reject_cmd(model: str, version: str,
+               by: Annotated[str, typer.Option("--by", help="Who rejects (recorded in the audit table).")],
+               reason: Annotated[str, typer.Option(help="Why.")] = "") -> None:
+    """Reject a version waiting for approval: the champion stays."""
+    _decision_command("reject", model, version, by, reason)
+
+
+@app.command("rollback")
+def rollback_cmd(model: str, by: Annotated[str, typer.Option("--by", help="Who rolls back.")] = "operator",
+                 reason: Annotated[str, typer.Option(help="Why.")] = "") -> None:
+    """Restore the champion that the current one replaced."""
+    runtime = _runtime()
+    from models.promotion import ApprovalError, AuditTrail, rollback
+
+    try:
+        restored = rollback(model, by, reason, runtime.registry, AuditTrail(runtime.store, runtime.registry, datetime.now(UTC)))
+    except ApprovalError as exc:
+        _fail(str(exc))
+    console.print(f"{model}: champion is version {restored} again")
+
+
+@app.command()
+def serve() -> None:
+    """Serve the deployments: inbox ingest every 15 min, daily monitoring, weekly retraining (Mon 03:00 Berlin)."""
+    runtime = _runtime()
+    from flows.serve import serve_all
+
+    serve_all(list(runtime.specs))
+
+
+@app.command()
+def demo(weeks: Annotated[int, typer.Option(help="Simulated weeks.")] = 16,
+         seed: Annotated[int, typer.Option(help="Seed of the synthetic world.")] = 7,
+         leads: Annotated[int, typer.Option(help="Leads per week.")] = 2000,
+         emails: Annotated[int, typer.Option(help="E-mails per week.")] = 5000,
+         fresh: Annotated[bool, typer.Option(help="Start from an empty state folder (deletes $LOOP_HOME).")] = True) -> None:
+    """Run the self-optimising loop on simulated weeks and print the week-by-week table."""
+    settings = prepare_environment()
+    if fresh and settings.home.exists():
+        import shutil
+
+        shutil.rmtree(settings.home)
+        settings = prepare_environment()
+    from flows.demo import DemoConfig, demo_report, run_demo
+
+    config = DemoConfig(weeks=weeks, seed=seed, leads_per_week=leads, emails_per_week=emails)
+    with Progress(console=console) as progress:
+        bar = progress.add_task("simulated weeks", total=weeks)
+
+        def on_week(week: int, info: dict) -> None:
+            progress.console.print(f"week {week:2d} ({info['week']}): " + ", ".join(f"{k} {v}" for k, v in info.items() if k != "week"))
+            progress.advance(bar)
+
+        table = run_demo(config, on_week)
+    ok = demo_report(table, config, settings, console)
+    if not ok:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@app.command()
+def ui(prefect_port: int = 4200, mlflow_port: int = 5000) -> None:
+    """Start the Prefect UI and the MLflow UI on localhost, showing what the loop did (Ctrl-C stops both)."""
+    import os
+    import subprocess
+
+    settings = prepare_environment()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                          "--port", str(prefect_port), "--analytics-off"], env=env),
+        subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", settings.mlflow_tracking_uri,
+                          "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"], env=env),
+    ]
+    console.print(f"Prefect UI: http://127.0.0.1:{prefect_port}   MLflow UI: http://127.0.0.1:{mlflow_port}   (Ctrl-C to stop)")
+    try:
+        for proc in procs:
+            proc.wait()
+    except KeyboardInterrupt:
+        for proc in procs:
+            proc.terminate()
+
+
+def main() -> None:
+    try:
+        app()
+    except Exception as exc:  # a clear message and a reliable exit code, not a traceback, for scripts
+        if os.environ.get("LOOP_DEBUG"):
+            raise
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        sys.exit(EXIT_ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Retrain one model: mature training set -> fit + calibrate + threshold -> MLflow -> gates -> alias."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from features.clock import iso_week, resolve_as_of
+from features.training_set import NotEnoughData, Split, time_split
+from features.windows import labelled_frame, recent_actions, training_lineage
+from flows.runtime import Runtime
+from models.evaluation import Comparison, compare_with_champion, comparison_table
+from models.plots import calibration_plot, threshold_plot
+from models.promotion import AuditTrail, apply_decision
+from models.registry import CHAMPION, scratch_dir
+from models.report import retrain_summary
+from models.train import TrainedModel, fit_model
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    return f"retrain-{params['model']}-{iso_week(resolve_as_of(params.get('as_of')))}"
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def load_training_set(model: str, as_of: datetime):
+    runtime = Runtime.from_env()
+    spec = runtime.spec(model)
+    labelled = labelled_frame(runtime.store, spec, as_of)
+    return labelled, training_lineage(runtime.store, spec, labelled, as_of)
+
+
+@task(cache_policy=NO_CACHE)
+def fit(model: str, labelled) -> tuple[Split, TrainedModel]:
+    spec = Runtime.from_env().spec(model)
+    split = time_split(labelled, spec)
+    return split, fit_model(split, spec)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def log_and_register(model: str, split: Split, trained: TrainedModel, lineage: dict, week: str) -> tuple[str, str]:
+    runtime = Runtime.from_env()
+    spec = runtime.spec(model)
+    folder = scratch_dir()
+    plots = {
+        "calibration": calibration_plot(trained.test_labels, trained.test_scores, f"{model}: calibration on test weeks",
+                                        folder / "calibration.png"),
+        "threshold": threshold_plot(trained.threshold.curve, trained.threshold.threshold,
+                                    f"{model}: objective by threshold", folder / "threshold_curve.png"),
+    }
+    lineage = {**lineage, **split.sizes()}
+    return runtime.registry.log_training(spec, trained, lineage=lineage, input_example=split.test.head(5),
+                                         week=week, plots=plots, run_name=f"train-{model}-{week}")
+
+
+@task(cache_policy=NO_CACHE)
+def compare(model: str, split: Split, trained: TrainedModel, version: str, as_of: datetime) -> Comparison:
+    runtime = Runtime.from_env()
+    spec = runtime.spec(model)
+    champion_version = runtime.registry.version_by_alias(model, CHAMPION)
+    champion = runtime.registry.load(model, CHAMPION) if champion_version else None
+    challenger = runtime.registry.load(model, version)
+    return compare_with_champion(spec, trained, split, champion, recent_actions(runtime.store, spec, as_of), challenger)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def decide(model: str, comparison: Comparison, version: str, week: str, as_of: datetime) -> str:
+    runtime = Runtime.from_env()
+    audit = AuditTrail(runtime.store, runtime.registry, as_of)
+    return apply_decision(comparison.decision, model, version, runtime.registry, audit, week)
+
+
+@task(cache_policy=NO_CACHE)
+def record_skip(model: str, reason: str, week: str, as_of: datetime) -> None:
+    runtime = Runtime.from_env()
+    AuditTrail(runtime.store, runtime.registry, as_of).record(model, None, "not_trained", [reason], week=week)
+
+
+@flow(name="retrain", flow_run_name=_run_name)
+def retrain_flow(model: str, as_of: datetime | None = None) -> dict:
+    """Train a challenger on mature outcomes, register it, and promote it if the spec's gates pass."""
+    as_of = resolve_as_of(as_of)
+    week = iso_week(as_of)
+    labelled, lineage = load_training_set(model, as_of)
+    try:
+        split, trained = fit(model, labelled)
+    except NotEnoughData as exc:
+        record_skip(model, str(exc), week, as_of)
+        outcome = {"status": "skipped", "reason": str(exc), "model": model, "week": week}
+        create_markdown_artifact(markdown=retrain_summary(model, week, outcome), key=f"{model.replace('_', '-')}-retrain")
+        return outcome
+    run_id, version = log_and_register(model, split, trained, lineage, week)
+    comparison = compare(model, split, trained, version, as_of)
+    event = decide(model, comparison, version, week, as_of)
+    outcome = {
+        "status": "trained", "model": model, "week": week, "version": version, "run_id": run_id, "event": event,
+        "reasons": list(comparison.decision.reasons), "threshold": trained.threshold.threshold,
+        "threshold_reason": trained.threshold.reason, "rows": lineage["rows"], "as_of": lineage["as_of"],
+        "spec_hash": lineage["spec_hash"], "split": split.sizes(), "comparison": comparison_table(comparison),
+        "flip_share": comparison.flip_share, "test_metrics": trained.test_metrics,
+    }
+    key = model.replace("_", "-")
+    create_markdown_artifact(markdown=retrain_summary(model, week, outcome), key=f"{key}-retrain",
+                             description=f"{model} {week}: {event}")
+    create_table_artifact(table=outcome["comparison"], key=f"{key}-champion-vs-challenger")
+    return outcome

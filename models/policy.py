@@ -1,0 +1,80 @@
+"""The decision policy the company's automations call: champion model + threshold, or the cold-start rule.
+
+Every decision becomes an action row of the contract, with the score, threshold, decision and
+the propensity of that decision (1.0 here: the policy is deterministic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import reduce
+
+import numpy as np
+import polars as pl
+
+from features.contract import ACTION_SCHEMA, feature_schema
+from features.pseudonymise import pseudonymise
+from features.spec import ModelSpec
+from models.registry import LoadedModel
+from models.train import predict_scores
+
+RULE_VERSION = "rule"
+
+
+def rule_expression(spec: ModelSpec) -> pl.Expr:
+    """The spec's cold-start rule as a polars expression: positive if any condition holds."""
+    conditions = []
+    for c in spec.cold_start:
+        if c.values:
+            conditions.append(pl.col(c.column).is_in(list(c.values)))
+        if c.equals is not None:
+            conditions.append(pl.col(c.column) == c.equals)
+        if c.at_least is not None:
+            conditions.append(pl.col(c.column) >= c.at_least)
+    if not conditions:
+        return pl.lit(False)
+    return reduce(lambda a, b: a | b, conditions).fill_null(False)
+
+
+@dataclass(frozen=True)
+class Policy:
+    spec: ModelSpec
+    model: LoadedModel | None = None
+
+    @property
+    def version(self) -> str:
+        return self.model.version if self.model else RULE_VERSION
+
+    @property
+    def threshold(self) -> float:
+        return self.model.threshold if self.model else 0.5
+
+    def scores(self, frame: pl.DataFrame) -> np.ndarray:
+        if self.model is None:
+            return frame.with_columns(rule_expression(self.spec).cast(pl.Float64).alias("__rule"))["__rule"].to_numpy()
+        return predict_scores(self.model.estimator, frame, self.spec)
+
+    def decisions(self, scores: np.ndarray) -> pl.Series:
+        positive = np.asarray(scores) >= self.threshold
+        return pl.Series("decision", np.where(positive, self.spec.positive_decision, self.spec.negative_decision))
+
+    def decide(self, entities: pl.DataFrame, key: bytes) -> pl.DataFrame:
+        """Score entities (``entity_ref``, ``decided_at``, the spec's features) and return action rows.
+
+        Raw identifiers are pseudonymised here, before the action exists anywhere else.
+        """
+        scores = self.scores(entities)
+        entity_id = pseudonymise(entities.get_column("entity_ref"), key).alias("entity_id")
+        actions = entities.with_columns(
+            entity_id,
+            pl.Series("score", scores, dtype=pl.Float64),
+            self.decisions(scores),
+            pl.lit(self.spec.name).alias("model"),
+            pl.lit(self.version).alias("model_version"),
+            pl.lit(self.threshold).alias("threshold"),
+            pl.lit(1.0).alias("propensity"),
+        ).with_columns(
+            # Deterministic id: one entity decided at one instant by one model is one action.
+            pl.format("{}-{}-{}", pl.lit(self.spec.name[:4]), pl.col("entity_id").str.slice(4, 16),
+                      pl.col("decided_at").dt.epoch("ms")).alias("action_id"))
+        return actions.select(list(ACTION_SCHEMA) + list(feature_schema(self.spec)))

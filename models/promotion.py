@@ -1,0 +1,149 @@
+"""Promotion gates, human approval, rollback, and the audit trail of every decision.
+
+The gates compare challenger and champion on the same most recent labelled window. Every
+decision, promoted or not, is written with its reasons to the audit table and to the version's
+MLflow tags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from features.spec import Gates
+from features.store import EventStore
+from models.registry import CHALLENGER, CHAMPION, Registry
+
+Action = Literal["promote", "keep", "await_approval"]
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    action: Action
+    reasons: tuple[str, ...]
+    flip_share: float | None = None
+
+
+def decide_promotion(gates: Gates, challenger: dict[str, float], champion: dict[str, float] | None,
+                     labelled_rows: int, flip_share: float | None) -> PromotionDecision:
+    """Apply the spec's gates. ``champion`` is None for a spec's first model (absolute gates only)."""
+    reasons: list[str] = []
+    if labelled_rows < gates.min_labelled_rows:
+        return PromotionDecision("keep", (f"not enough evidence: {labelled_rows} labelled rows in the comparison window, "
+                                          f"gate needs {gates.min_labelled_rows}",), flip_share)
+    auc, ece = challenger["roc_auc"], challenger["calibration_error"]
+    failed = []
+    if not np.isfinite(auc):
+        failed.append("ROC AUC undefined (one outcome class only)")
+    if ece > gates.max_calibration_error:
+        failed.append(f"calibration error {ece:.3f} above bound {gates.max_calibration_error}")
+    if champion is None:
+        if auc < gates.min_auc:
+            failed.append(f"ROC AUC {auc:.3f} below the first-model gate {gates.min_auc}")
+        if failed:
+            return PromotionDecision("keep", tuple(failed), flip_share)
+        return PromotionDecision("promote", (f"first model: ROC AUC {auc:.3f} >= {gates.min_auc}, "
+                                             f"calibration error {ece:.3f} <= {gates.max_calibration_error}",), flip_share)
+    if auc < champion["roc_auc"] - gates.auc_tolerance:
+        failed.append(f"ROC AUC {auc:.3f} worse than champion {champion['roc_auc']:.3f} beyond tolerance {gates.auc_tolerance}")
+    better_brier = challenger["brier"] < champion["brier"]
+    better_logloss = challenger["log_loss"] < champion["log_loss"]
+    if not (better_brier or better_logloss):
+        failed.append(f"not better on Brier ({challenger['brier']:.4f} vs {champion['brier']:.4f}) "
+                      f"or log loss ({challenger['log_loss']:.4f} vs {champion['log_loss']:.4f})")
+    if failed:
+        return PromotionDecision("keep", tuple(failed), flip_share)
+    reasons.append(f"ROC AUC {auc:.3f} vs champion {champion['roc_auc']:.3f}; Brier {challenger['brier']:.4f} vs "
+                   f"{champion['brier']:.4f}; log loss {challenger['log_loss']:.4f} vs {champion['log_loss']:.4f}; "
+                   f"calibration error {ece:.3f}")
+    if flip_share is not None and flip_share > gates.max_decision_flip_share:
+        return PromotionDecision("await_approval", (*reasons, f"{flip_share:.1%} of recent decisions would flip, more than "
+                                                    f"{gates.max_decision_flip_share:.0%}: needs a person's approval"), flip_share)
+    return PromotionDecision("promote", tuple(reasons), flip_share)
+
+
+def flip_share(old_decisions: pl.Series, new_decisions: pl.Series) -> float:
+    if old_decisions.len() == 0:
+        return 0.0
+    return float((old_decisions != new_decisions).mean())
+
+
+@dataclass
+class AuditTrail:
+    """Writes decisions to the store's audit table and the model version's tags."""
+
+    store: EventStore
+    registry: Registry
+    now: datetime
+    rows: list[dict] = field(default_factory=list)
+
+    def record(self, model: str, version: str | None, event: str, reasons: tuple[str, ...] | list[str],
+               actor: str = "loop", week: str = "") -> None:
+        text = "; ".join(reasons)
+        self.store.append_audit(pl.DataFrame([{"at": self.now, "model": model, "version": version or "",
+                                               "event": event, "actor": actor, "reasons": text, "week": week}]))
+        if version:
+            self.registry.tag_version(model, version, {"decision": event, "decision_by": actor,
+                                                        "decision_reasons": text[:4900], "decision_at": self.now.isoformat()})
+
+
+def apply_decision(decision: PromotionDecision, model: str, version: str, registry: Registry, audit: AuditTrail,
+                   week: str) -> str:
+    """Move aliases as the decision says; returns the event recorded."""
+    if decision.action == "promote":
+        previous = registry.version_by_alias(model, CHAMPION)
+        if previous is not None:
+            registry.tag_version(model, version, {"previous_champion": previous.version})
+        registry.set_alias(model, CHAMPION, version)
+        registry.clear_alias(model, CHALLENGER)
+        event = "promoted"
+    elif decision.action == "await_approval":
+        registry.set_alias(model, CHALLENGER, version)
+        event = "awaiting_approval"
+    else:
+        event = "kept_champion"
+    audit.record(model, version, event, decision.reasons, week=week)
+    return event
+
+
+class ApprovalError(ValueError):
+    """An approval, rejection or rollback that does not fit the registry's state."""
+
+
+def approve(model: str, version: str, by: str, reason: str, registry: Registry, audit: AuditTrail) -> None:
+    pending = registry.version_by_alias(model, CHALLENGER)
+    if pending is None or str(pending.version) != str(version):
+        raise ApprovalError(f"{model} version {version} is not waiting for approval "
+                            f"(waiting: {pending.version if pending else 'none'})")
+    previous = registry.version_by_alias(model, CHAMPION)
+    if previous is not None:
+        registry.tag_version(model, version, {"previous_champion": previous.version})
+    registry.set_alias(model, CHAMPION, version)
+    registry.clear_alias(model, CHALLENGER)
+    audit.record(model, version, "approved", [reason or "approved"], actor=by)
+
+
+def reject(model: str, version: str, by: str, reason: str, registry: Registry, audit: AuditTrail) -> None:
+    pending = registry.version_by_alias(model, CHALLENGER)
+    if pending is None or str(pending.version) != str(version):
+        raise ApprovalError(f"{model} version {version} is not waiting for approval "
+                            f"(waiting: {pending.version if pending else 'none'})")
+    registry.clear_alias(model, CHALLENGER)
+    audit.record(model, version, "rejected", [reason or "rejected"], actor=by)
+
+
+def rollback(model: str, by: str, reason: str, registry: Registry, audit: AuditTrail) -> str:
+    """Restore the champion that the current one replaced; returns the restored version."""
+    current = registry.version_by_alias(model, CHAMPION)
+    if current is None:
+        raise ApprovalError(f"{model} has no champion to roll back")
+    previous = current.tags.get("previous_champion")
+    if not previous or registry.get_version(model, previous) is None:
+        raise ApprovalError(f"{model} champion version {current.version} has no previous champion to restore")
+    registry.set_alias(model, CHAMPION, previous)
+    audit.record(model, previous, "rolled_back", [f"restored from version {current.version}", reason or "rollback"], actor=by)
+    return previous

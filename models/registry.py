@@ -1,0 +1,152 @@
+"""MLflow: training runs, the model registry, aliases `champion` / `challenger`, version tags.
+
+A consumer loads ``models:/<model>@champion`` and reads the decision threshold from the same
+version (its tag ``threshold`` and the model's metadata), so model and threshold travel together.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from features.settings import Settings
+from features.spec import ModelSpec
+from models.train import TrainedModel, sklearn_inputs
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+# Given explicitly: inferring requirements costs 4-7 s per logged model.
+PIP_REQUIREMENTS = ["scikit-learn==1.9.1", "cloudpickle", "pandas<3.1", "numpy"]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: str
+    estimator: Any
+    threshold: float
+    run_id: str
+
+
+class Registry:
+    def __init__(self, settings: Settings) -> None:
+        import mlflow
+
+        self.settings = settings
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+        self.client = mlflow.MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+
+    # -- experiments and runs ----------------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found:
+            return found.experiment_id
+        local = self.settings.mlflow_tracking_uri.startswith("sqlite:")
+        location = (self.settings.mlflow_artifact_root / name).as_uri() if local else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def log_training(self, spec: ModelSpec, trained: TrainedModel, *, lineage: dict[str, Any],
+                     input_example: pl.DataFrame, week: str, plots: dict[str, Path], run_name: str) -> tuple[str, str]:
+        """Log a training run and register its model; returns (run_id, registered version)."""
+        mlflow = self.mlflow
+        from mlflow.models import infer_signature
+
+        example = sklearn_inputs(input_example, spec)
+        signature = infer_signature(example, trained.estimator.predict_proba(example))
+        with mlflow.start_run(experiment_id=self.experiment_id(f"{spec.name}/training"), run_name=run_name) as run:
+            mlflow.set_tags({"model": spec.name, "week": week, "spec_hash": spec.content_hash, "kind": "training"})
+            mlflow.log_params({"spec_hash": spec.content_hash, "threshold": round(trained.threshold.threshold, 6),
+                               "objective": spec.objective.kind, **{k: v for k, v in lineage.items() if not isinstance(v, dict)}})
+            mlflow.log_metrics({f"test_{k}": v for k, v in trained.test_metrics.items() if np.isfinite(v)})
+            mlflow.log_metrics({f"calibration_{k}": v for k, v in trained.calibration_metrics.items() if np.isfinite(v)})
+            mlflow.log_metrics({"threshold": trained.threshold.threshold,
+                                "objective_value_per_week": trained.threshold.objective_value,
+                                "positive_share": trained.threshold.positive_share})
+            mlflow.log_text(spec.source_text, "spec.toml")
+            mlflow.log_dict(lineage, "lineage.json")
+            for path in plots.values():
+                mlflow.log_artifact(str(path), "plots")
+            info = mlflow.sklearn.log_model(
+                sk_model=trained.estimator, name="model", signature=signature, input_example=example.head(5),
+                pip_requirements=PIP_REQUIREMENTS, serialization_format="cloudpickle",
+                pyfunc_predict_fn="predict_proba", registered_model_name=spec.name,
+                metadata={"threshold": trained.threshold.threshold, "objective": spec.objective.kind,
+                          "spec_hash": spec.content_hash},
+            )
+            version = str(info.registered_model_version)
+        self.tag_version(spec.name, version, {
+            "threshold": f"{trained.threshold.threshold:.6f}",
+            "objective": spec.objective.kind,
+            "objective_value_per_week": f"{trained.threshold.objective_value:.2f}",
+            "threshold_reason": trained.threshold.reason,
+            "spec_hash": spec.content_hash,
+            "week": week,
+            "as_of": str(lineage.get("as_of")),
+            "test_roc_auc": f"{trained.test_metrics['roc_auc']:.4f}",
+            "test_calibration_error": f"{trained.test_metrics['calibration_error']:.4f}",
+        })
+        return run.info.run_id, version
+
+    # -- registry ------------------------------------------------------------------------------
+    def tag_version(self, model: str, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(model, version, key, str(value))
+
+    def version_by_alias(self, model: str, alias: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(model, alias)
+        except MlflowException:
+            return None
+
+    def get_version(self, model: str, version: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(model, version)
+        except MlflowException:
+            return None
+
+    def set_alias(self, model: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(model, alias, version)
+
+    def clear_alias(self, model: str, alias: str) -> None:
+        if self.version_by_alias(model, alias) is not None:
+            self.client.delete_registered_model_alias(model, alias)
+
+    def load(self, model: str, ref: str) -> LoadedModel:
+        """Load a version ('3') or alias ('champion') with the threshold registered alongside it."""
+        version = self.version_by_alias(model, ref) if not ref.isdigit() else self.get_version(model, ref)
+        if version is None:
+            raise LookupError(f"model '{model}' has no version or alias '{ref}'")
+        estimator = self.mlflow.sklearn.load_model(f"models:/{model}/{version.version}")
+        return LoadedModel(model, str(version.version), estimator, float(version.tags["threshold"]), version.run_id)
+
+    def versions(self, model: str) -> list:
+        return sorted(self.client.search_model_versions(f"name = '{model}'"), key=lambda v: int(v.version))
+
+    def log_monitoring(self, model: str, week: str, metrics: dict[str, float], params: dict[str, Any],
+                       artifacts: list[Path], run_name: str) -> str:
+        with self.mlflow.start_run(experiment_id=self.experiment_id(f"{model}/monitoring"), run_name=run_name) as run:
+            self.mlflow.set_tags({"model": model, "week": week, "kind": "monitoring"})
+            self.mlflow.log_params(params)
+            self.mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(float(v))})
+            for path in artifacts:
+                self.mlflow.log_artifact(str(path), "reports")
+        return run.info.run_id
+
+
+def scratch_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="loop-"))
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, default=str, sort_keys=True)

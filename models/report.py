@@ -1,0 +1,56 @@
+"""Markdown for Prefect artifacts and the CLI: what a run did, in words a person reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "_none_"
+    headers = list(rows[0])
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_fmt(row.get(h)) for h in headers) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def retrain_summary(model: str, week: str, outcome: dict[str, Any]) -> str:
+    lines = [f"# Retraining `{model}`, {week}", ""]
+    if outcome.get("status") != "trained":
+        lines.append(f"**No new model:** {outcome.get('reason', outcome.get('status'))}")
+        return "\n".join(lines)
+    lines += [
+        f"**Decision: {outcome['event']}** for version {outcome['version']} "
+        f"(threshold {outcome['threshold']:.3f}, {outcome['threshold_reason']}).", "",
+        "Reasons: " + "; ".join(outcome["reasons"]), "",
+        f"Training set: {outcome['rows']} mature labelled rows up to {outcome['as_of']} "
+        f"(fit {outcome['split']['fit_rows']}, calibration {outcome['split']['calibration_rows']}, "
+        f"test {outcome['split']['test_rows']}); spec hash `{outcome['spec_hash']}`; MLflow run `{outcome['run_id']}`.", "",
+        "## Challenger vs champion on the same most recent labelled rows", "",
+        markdown_table(outcome["comparison"]),
+    ]
+    if outcome.get("flip_share") is not None:
+        lines += ["", f"Share of last week's decisions that would flip: {outcome['flip_share']:.1%}"]
+    return "\n".join(lines)
+
+
+def drift_summary(model: str, week: str, drift: dict[str, Any]) -> str:
+    if drift.get("status") != "checked":
+        return f"# Drift `{model}`, {week}\n\n{drift.get('reason', 'not checked')}"
+    flag = "DRIFT" if drift["drift_detected"] else "no drift"
+    return "\n".join([
+        f"# Drift `{model}`, {week}: **{flag}**", "",
+        f"Reference: champion v{drift['champion_version']}'s training window ({drift['reference_rows']} actions); "
+        f"current: last 7 days ({drift['current_rows']} actions).", "",
+        f"- drifted features: {drift['drifted_share']:.0%} ({drift['drifted_columns'] or 'none'})",
+        f"- score distribution: {'drifted' if drift['score_drifted'] else 'stable'} (distance {drift.get('score_distance', 0):.3f})",
+        f"- outcome rate at equal label age: {_fmt(drift.get('outcome_rate_reference'))} -> "
+        f"{_fmt(drift.get('outcome_rate_current'))} ({'drifted' if drift['outcome_rate_drifted'] else 'stable'})",
+        f"- Evidently report logged to MLflow run `{drift['run_id']}`",
+    ])
