@@ -202,8 +202,9 @@ def validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datetime, 
     if is_actions:
         good, conflicts, duplicates = _split_in_file_duplicates(good, specs)
         rejected.append(conflicts)
+        unique_actions = good.unique(subset="action_id", keep="first", maintain_order=True)
         for name, spec in specs.items():
-            rows = good.filter(pl.col("model") == name)
+            rows = unique_actions.filter(pl.col("model") == name)
             if rows.height:
                 actions[name] = _typed_actions(rows, spec)
     outcome_rows = good.filter(~_blank("outcome")) if has_outcomes else good.clear()

@@ -201,9 +201,12 @@ def _decision_command(kind: str, model: str, version: str, by: str, reason: str)
     runtime = _runtime()
     from models.promotion import ApprovalError, AuditTrail, approve, reject
 
-    audit = AuditTrail(runtime.store, runtime.registry, datetime.now(UTC))
+    from features.clock import iso_week
+
+    now = datetime.now(UTC)
+    audit = AuditTrail(runtime.store, runtime.registry, now)
     try:
-        (approve if kind == "approve" else reject)(model, version, by, reason, runtime.registry, audit)
+        (approve if kind == "approve" else reject)(model, version, by, reason, runtime.registry, audit, week=iso_week(now))
     except ApprovalError as exc:
         _fail(str(exc))
     console.print(f"{model} version {version}: {kind}d by {by}")
@@ -232,8 +235,11 @@ def rollback_cmd(model: str, by: Annotated[str, typer.Option("--by", help="Who r
     runtime = _runtime()
     from models.promotion import ApprovalError, AuditTrail, rollback
 
+    from features.clock import iso_week
+
+    now = datetime.now(UTC)
     try:
-        restored = rollback(model, by, reason, runtime.registry, AuditTrail(runtime.store, runtime.registry, datetime.now(UTC)))
+        restored = rollback(model, by, reason, runtime.registry, AuditTrail(runtime.store, runtime.registry, now), week=iso_week(now))
     except ApprovalError as exc:
         _fail(str(exc))
     console.print(f"{model}: champion is version {restored} again")

@@ -32,6 +32,12 @@ class DemoConfig:
     leads_per_week: int = 2000
     emails_per_week: int = 5000
     frozen_week: int = 4
+    lead_drift_week: int = WorldConfig.lead_source_drift_week
+    reply_drift_week: int = WorldConfig.reply_template_drift_week
+
+    @property
+    def drift_weeks(self) -> dict[str, int]:
+        return {"lead_scoring": self.lead_drift_week, "reply_acceptance": self.reply_drift_week}
 
 
 def _champion(runtime: Runtime, model: str) -> LoadedModel | None:
@@ -52,7 +58,7 @@ def _play_the_approver(runtime: Runtime, result: dict, as_of) -> None:
     for model, status in result["models"].items():
         if status["retrain"].get("event") == "awaiting_approval":
             approve(model, status["retrain"]["version"], "demo-operator", "demo: reviewed the flip share and approved",
-                    runtime.registry, AuditTrail(runtime.store, runtime.registry, as_of))
+                    runtime.registry, AuditTrail(runtime.store, runtime.registry, as_of), week=iso_week(as_of))
             status["retrain"]["event"] = "promoted"
 
 
@@ -60,7 +66,8 @@ def run_demo(config: DemoConfig, on_week: Callable[[int, dict], None] | None = N
     runtime = Runtime.from_env()
     key = runtime.settings.pseudonym_key
     world = World(WorldConfig(seed=config.seed, leads_per_week=config.leads_per_week,
-                              emails_per_week=config.emails_per_week), runtime.specs)
+                              emails_per_week=config.emails_per_week, lead_source_drift_week=config.lead_drift_week,
+                              reply_template_drift_week=config.reply_drift_week), runtime.specs)
     inbox = runtime.settings.inbox
     inbox.mkdir(parents=True, exist_ok=True)
     pending = []                    # outcome events not yet observed by the company
@@ -125,10 +132,10 @@ def demo_report(table: pl.DataFrame, config: DemoConfig, settings, console) -> b
     out = settings.demo_dir
     out.mkdir(parents=True, exist_ok=True)
     table.write_csv(out / "weekly.csv")
-    drift_weeks = {"lead_scoring": WorldConfig.lead_source_drift_week, "reply_acceptance": WorldConfig.reply_template_drift_week}
+    drift_weeks = config.drift_weeks
     scoreboard.chart(table, drift_weeks, out / "weekly.png")
     with pl.Config(tbl_rows=200, tbl_cols=20, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
-        console.print(scoreboard.wide(table))
+        print(scoreboard.wide(table))  # plain print: rich would wrap the table at 80 columns in a log
     ok = True
     for model, first in drift_weeks.items():
         if first >= config.weeks:

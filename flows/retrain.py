@@ -36,10 +36,14 @@ def load_training_set(model: str, as_of: datetime):
 
 
 @task(cache_policy=NO_CACHE)
-def fit(model: str, labelled) -> tuple[Split, TrainedModel]:
+def fit(model: str, labelled) -> tuple[Split, TrainedModel] | str:
+    """The split and the fitted model, or why there is none yet (a normal state early on, not a failure)."""
     spec = Runtime.from_env().spec(model)
-    split = time_split(labelled, spec)
-    return split, fit_model(split, spec)
+    try:
+        split = time_split(labelled, spec)
+        return split, fit_model(split, spec)
+    except NotEnoughData as exc:
+        return str(exc)
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -87,13 +91,13 @@ def retrain_flow(model: str, as_of: datetime | None = None) -> dict:
     as_of = resolve_as_of(as_of)
     week = iso_week(as_of)
     labelled, lineage = load_training_set(model, as_of)
-    try:
-        split, trained = fit(model, labelled)
-    except NotEnoughData as exc:
-        record_skip(model, str(exc), week, as_of)
-        outcome = {"status": "skipped", "reason": str(exc), "model": model, "week": week}
+    fitted = fit(model, labelled)
+    if isinstance(fitted, str):
+        record_skip(model, fitted, week, as_of)
+        outcome = {"status": "skipped", "reason": fitted, "model": model, "week": week}
         create_markdown_artifact(markdown=retrain_summary(model, week, outcome), key=f"{model.replace('_', '-')}-retrain")
         return outcome
+    split, trained = fitted
     run_id, version = log_and_register(model, split, trained, lineage, week)
     comparison = compare(model, split, trained, version, as_of)
     event = decide(model, comparison, version, week, as_of)

@@ -114,7 +114,7 @@ class ApprovalError(ValueError):
     """An approval, rejection or rollback that does not fit the registry's state."""
 
 
-def approve(model: str, version: str, by: str, reason: str, registry: Registry, audit: AuditTrail) -> None:
+def approve(model: str, version: str, by: str, reason: str, registry: Registry, audit: AuditTrail, week: str = "") -> None:
     pending = registry.version_by_alias(model, CHALLENGER)
     if pending is None or str(pending.version) != str(version):
         raise ApprovalError(f"{model} version {version} is not waiting for approval "
@@ -124,19 +124,19 @@ def approve(model: str, version: str, by: str, reason: str, registry: Registry, 
         registry.tag_version(model, version, {"previous_champion": previous.version})
     registry.set_alias(model, CHAMPION, version)
     registry.clear_alias(model, CHALLENGER)
-    audit.record(model, version, "approved", [reason or "approved"], actor=by)
+    audit.record(model, version, "approved", [reason or "approved"], actor=by, week=week)
 
 
-def reject(model: str, version: str, by: str, reason: str, registry: Registry, audit: AuditTrail) -> None:
+def reject(model: str, version: str, by: str, reason: str, registry: Registry, audit: AuditTrail, week: str = "") -> None:
     pending = registry.version_by_alias(model, CHALLENGER)
     if pending is None or str(pending.version) != str(version):
         raise ApprovalError(f"{model} version {version} is not waiting for approval "
                             f"(waiting: {pending.version if pending else 'none'})")
     registry.clear_alias(model, CHALLENGER)
-    audit.record(model, version, "rejected", [reason or "rejected"], actor=by)
+    audit.record(model, version, "rejected", [reason or "rejected"], actor=by, week=week)
 
 
-def rollback(model: str, by: str, reason: str, registry: Registry, audit: AuditTrail) -> str:
+def rollback(model: str, by: str, reason: str, registry: Registry, audit: AuditTrail, week: str = "") -> str:
     """Restore the champion that the current one replaced; returns the restored version."""
     current = registry.version_by_alias(model, CHAMPION)
     if current is None:
@@ -145,5 +145,6 @@ def rollback(model: str, by: str, reason: str, registry: Registry, audit: AuditT
     if not previous or registry.get_version(model, previous) is None:
         raise ApprovalError(f"{model} champion version {current.version} has no previous champion to restore")
     registry.set_alias(model, CHAMPION, previous)
-    audit.record(model, previous, "rolled_back", [f"restored from version {current.version}", reason or "rollback"], actor=by)
+    audit.record(model, previous, "rolled_back", [f"restored from version {current.version}", reason or "rollback"], actor=by,
+                 week=week)
     return previous

@@ -35,7 +35,13 @@ class LoadedModel:
 
 class Registry:
     def __init__(self, settings: Settings) -> None:
+        import logging
+
         import mlflow
+
+        # Models are cloudpickled (skops refuses HistGradientBoosting inside CalibratedClassifierCV); they are only
+        # ever loaded from this loop's own registry, so the per-model pickle warning is noise in every run's log.
+        logging.getLogger("mlflow.sklearn").setLevel(logging.ERROR)
 
         self.settings = settings
         self.mlflow = mlflow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +74,13 @@ def test_shifted_numerics_and_new_category_are_drift():
 
 
 def test_drifted_share_below_spec_share_is_not_drift():
-    result = detect_drift(leads(2000, 1), leads(2000, 2, size_factor=1.5, new_source_share=0.2), SPEC)
+    spec = dataclasses.replace(SPEC, drift=dataclasses.replace(SPEC.drift, drift_share=0.5))
+    result = detect_drift(leads(2000, 1), leads(2000, 2, size_factor=1.5, new_source_share=0.2), spec)
     assert result.drifted_columns == ("source", "company_size")
-    assert result.column_scores["source"] >= SPEC.drift.threshold  # 20 % new source: the distance sees it too
-    assert result.drifted_share == pytest.approx(2 / 7) and 2 / 7 < SPEC.drift.drift_share
+    assert result.column_scores["source"] >= spec.drift.threshold  # 20 % new source: the distance sees it too
+    assert result.drifted_share == pytest.approx(2 / 7) and 2 / 7 < spec.drift.drift_share
     assert not result.drift_detected
+    assert detect_drift(leads(2000, 1), leads(2000, 2, size_factor=1.5, new_source_share=0.2), SPEC).drift_detected
 
 
 def test_score_shift_detected():

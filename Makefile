@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine with Python 3.11+ and make:
+#   make demo   - set up, then run 16 simulated weeks of the self-optimising loop
+#   make test   - set up, then run the test suite
+# Set-up creates .venv from requirements.lock (exact, tested versions) once; later runs reuse it.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+READY  := $(VENV)/.ready
+
+.PHONY: setup demo test test-fast ui serve clean
+
+setup: $(READY)
+
+$(READY): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+demo: $(READY)
+	$(BIN)/loop demo
+
+test: $(READY)
+	$(BIN)/python -m pytest
+
+test-fast: $(READY)
+	$(BIN)/python -m pytest -m "not slow"
+
+ui: $(READY)
+	$(BIN)/loop ui
+
+serve: $(READY)
+	$(BIN)/loop serve
+
+clean:
+	rm -rf .loop

@@ -1,0 +1,147 @@
+"""Ingest into a real Delta store: every bad row is kept with a reason, re-ingesting adds nothing."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+
+from features.clock import SimulatedClock
+from features.ingest import ingest_inbox, ingest_paths
+from features.pseudonymise import PREFIX, pseudonymise
+from features.store import EventStore
+from tests.helpers import lead_action
+
+NOW = datetime(2026, 2, 1, tzinfo=UTC)
+KEY = b"test-key"
+
+# (overrides of a valid lead action, a phrase the reason must contain)
+BAD_ROWS = [
+    ({"model": "churn"}, "unknown model 'churn'"),
+    ({"decided_at": "2026-01-06T10:00:00"}, "has no time zone"),
+    ({"decided_at": "yesterday"}, "is not a timestamp"),
+    ({"decided_at": "2026-03-01T10:00:00+00:00"}, "is in the future"),
+    ({"score": "1.7"}, "score 1.7 is outside [0, 1]"),
+    ({"propensity": "-0.1"}, "propensity -0.1 is outside [0, 1]"),
+    ({"score": "high"}, "score 'high' is not a number"),
+    ({"company_size": "many"}, "company_size 'many' is not a number"),
+    ({"requested_demo": "perhaps"}, "requested_demo 'perhaps' is not a boolean"),
+    ({"decision": "call_now"}, "decision 'call_now' is not one of"),
+    ({"action_id": ""}, "action_id is empty"),
+]
+
+
+@pytest.fixture
+def store(tmp_path, specs):
+    return EventStore(str(tmp_path / "store"), specs)
+
+
+def _write_csv(path, rows):
+    pl.DataFrame(rows).write_csv(path)
+    return path
+
+
+def test_each_kind_of_bad_row_is_quarantined_with_its_reason_and_none_is_lost(tmp_path, store):
+    good = [lead_action(f"ok{i}") for i in range(3)]
+    bad = [lead_action(f"bad{i}") | overrides for i, (overrides, _) in enumerate(BAD_ROWS)]
+    path = _write_csv(tmp_path / "actions.csv", good + bad)
+
+    report = ingest_paths([path], store, SimulatedClock(NOW), KEY)
+
+    assert report.rows_read == len(good) + len(bad)
+    assert report.actions_stored == len(good)
+    assert report.quarantined == len(bad)
+    quarantined = store.scan_quarantine().sort("row_number").collect()
+    # CSV line numbers: header is line 1, the first bad row follows the good ones.
+    assert quarantined["row_number"].to_list() == list(range(2 + len(good), 2 + len(good) + len(bad)))
+    for (overrides, phrase), row, reason, raw in zip(BAD_ROWS, bad, quarantined["reason"], quarantined["raw"], strict=True):
+        assert phrase in reason, (overrides, reason)
+        # The row is kept exactly as received, so it can be fixed and replayed.
+        assert {k: (v if v is not None else "") for k, v in json.loads(raw).items()} == row
+    assert set(quarantined["source_file"]) == {str(path)}
+
+
+def test_missing_column_rejects_every_row_naming_the_column(tmp_path, store):
+    rows = [{k: v for k, v in lead_action(f"a{i}").items() if k != "pages_visited"} for i in range(2)]
+    report = ingest_paths([_write_csv(tmp_path / "a.csv", rows)], store, SimulatedClock(NOW), KEY)
+    assert report.actions_stored == 0 and report.quarantined == 2
+    reasons = store.scan_quarantine().collect()["reason"].to_list()
+    assert all("missing column 'pages_visited'" in r for r in reasons)
+
+
+def test_ingesting_the_same_files_twice_adds_nothing(tmp_path, store):
+    actions = _write_csv(tmp_path / "actions.csv", [lead_action(f"a{i}") for i in range(5)] + [lead_action("b", score="9")])
+    outcomes = tmp_path / "outcomes.jsonl"
+    pl.DataFrame({"action_id": ["a0", "a1", "a1"], "observed_at": ["2026-01-20T09:00:00Z", "2026-01-21T09:00:00Z",
+                                                                    "2026-01-25T09:00:00Z"],
+                  "outcome": ["converted", "lost", "converted"], "revenue": [2000.0, None, 1500.0]}).write_ndjson(outcomes)
+    first = ingest_paths([actions, outcomes], store, SimulatedClock(NOW), KEY)
+    versions = store.versions()
+    second = ingest_paths([actions, outcomes], store, SimulatedClock(NOW), KEY)
+
+    assert (first.actions_stored, first.outcomes_stored, first.quarantined) == (5, 3, 1)
+    assert (second.actions_stored, second.outcomes_stored) == (0, 0)
+    assert second.duplicates == 5 + 3
+    assert store.scan_actions("lead_scoring").collect().height == 5
+    assert store.scan_outcomes().collect().height == 3
+    assert store.scan_quarantine().collect().height == 1
+    # Outcome history stays: both outcomes of a1 are kept, and each got its model from its action.
+    assert store.scan_outcomes().filter(pl.col("action_id") == "a1").collect()["model"].to_list() == ["lead_scoring"] * 2
+    assert store.versions()["quarantine"] == versions["quarantine"]
+
+
+def test_same_action_id_with_other_content_is_rejected_not_overwritten(tmp_path, store):
+    ingest_paths([_write_csv(tmp_path / "one.csv", [lead_action("a1")])], store, SimulatedClock(NOW), KEY)
+    report = ingest_paths([_write_csv(tmp_path / "two.csv", [lead_action("a1", score="0.9")])], store, SimulatedClock(NOW), KEY)
+    assert report.actions_stored == 0 and report.quarantined == 1
+    assert "conflicting content" in store.scan_quarantine().collect()["reason"][0]
+    assert store.scan_actions("lead_scoring").collect()["score"].to_list() == [0.4]
+
+
+def test_conflicting_duplicates_within_one_file_are_all_rejected(tmp_path, store):
+    path = _write_csv(tmp_path / "dup.csv", [lead_action("a1"), lead_action("a1", score="0.8"), lead_action("a2"), lead_action("a2")])
+    report = ingest_paths([path], store, SimulatedClock(NOW), KEY)
+    assert report.actions_stored == 1 and report.quarantined == 2 and report.duplicates == 1
+    assert store.scan_actions("lead_scoring").collect()["action_id"].to_list() == ["a2"]
+
+
+def test_identifiers_are_pseudonymised_before_they_are_stored(tmp_path, store):
+    path = _write_csv(tmp_path / "a.csv", [lead_action("a1", entity_id="anna.schmidt@kunde.de")])
+    ingest_paths([path], store, SimulatedClock(NOW), KEY)
+    stored = store.scan_actions("lead_scoring").collect()["entity_id"][0]
+    assert stored.startswith(PREFIX) and "anna" not in stored
+    assert stored == pseudonymise(pl.Series(["anna.schmidt@kunde.de"]), KEY)[0]
+    assert stored != pseudonymise(pl.Series(["anna.schmidt@kunde.de"]), b"another key")[0]
+
+
+def test_parquet_with_naive_timestamps_is_rejected_like_csv(tmp_path, store):
+    row = lead_action("p1")
+    frame = pl.DataFrame([row]).with_columns(pl.lit(datetime(2026, 1, 6, 10)).alias("decided_at"),
+                                             pl.col("score").cast(pl.Float64))
+    frame.write_parquet(tmp_path / "naive.parquet")
+    aware = frame.with_columns(pl.lit(datetime(2026, 1, 6, 9, tzinfo=UTC)).alias("decided_at"), pl.lit("p2").alias("action_id"))
+    aware.write_parquet(tmp_path / "aware.parquet")
+    report = ingest_paths([tmp_path], store, SimulatedClock(NOW), KEY)
+    assert report.actions_stored == 1 and report.quarantined == 1
+    assert "has no time zone" in store.scan_quarantine().collect()["reason"][0]
+
+
+@pytest.mark.parametrize(("name", "content", "phrase"), [
+    ("empty.csv", b"", "empty file"),
+    ("latin1.csv", "action_id,model\nä,lead_scoring\n".encode("latin-1"), "not UTF-8"),
+    ("semicolon.csv", b"action_id;model;decided_at\na1;lead_scoring;2026-01-06T10:00:00Z\n", "delimiter"),
+    ("header.csv", b"action_id,model,decided_at\n", "header only"),
+    ("unknown.csv", b"foo,bar\n1,2\n", "neither action columns"),
+])
+def test_unreadable_files_are_reported_and_moved_to_failed_without_stopping_others(tmp_path, store, name, content, phrase):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / name).write_bytes(content)
+    _write_csv(inbox / "zz-good.csv", [lead_action("g1")])
+    report = ingest_inbox(inbox, store, SimulatedClock(NOW), KEY)
+    assert report.actions_stored == 1
+    assert len(report.failed_files) == 1 and phrase in report.failed_files[0][1]
+    assert (inbox / "failed" / name).exists() and phrase in (inbox / "failed" / f"{name}.reason.txt").read_text()
+    assert (inbox / "processed" / "zz-good.csv").exists()
