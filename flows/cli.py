@@ -21,7 +21,7 @@ from rich.table import Table
 from features.settings import prepare_environment
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console()
+console = Console(soft_wrap=True)  # whole lines in logs and pipes, so scripts can grep them
 EXIT_ERROR, EXIT_REJECTED, EXIT_CHECK_FAILED = 1, 3, 4
 
 AsOf = Annotated[Optional[datetime], typer.Option(

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from prefect import serve
+from datetime import timedelta
+
 from prefect.schedules import Cron, Interval
 
 BERLIN = "Europe/Berlin"
+WEEKLY_MONDAY_0300 = "0 3 * * 1"
+DAILY_0600 = "0 6 * * *"
 
 
-def serve_all(models: list[str]) -> None:
-    from datetime import timedelta
+def build_deployments(models: list[str]) -> list:
+    """Inbox ingest every 15 minutes, the weekly cycle and per-model retraining Monday 03:00 Berlin, daily monitoring.
 
+    Retraining of one model never overlaps itself (concurrency limit 1 per deployment).
+    """
     from flows.ingest import ingest_inbox_flow
     from flows.monitor import monitor_flow
     from flows.retrain import retrain_flow
@@ -18,12 +23,19 @@ def serve_all(models: list[str]) -> None:
 
     deployments = [
         ingest_inbox_flow.to_deployment(name="inbox-every-15-minutes", schedule=Interval(timedelta(minutes=15))),
-        self_optimise_flow.to_deployment(name="weekly-cycle", schedule=Cron("0 3 * * 1", timezone=BERLIN),
+        self_optimise_flow.to_deployment(name="weekly-cycle", schedule=Cron(WEEKLY_MONDAY_0300, timezone=BERLIN),
                                          concurrency_limit=1),
     ]
     for model in models:
         deployments.append(monitor_flow.to_deployment(name=f"monitor-{model}-daily", parameters={"model": model},
-                                                      schedule=Cron("0 6 * * *", timezone=BERLIN)))
+                                                      schedule=Cron(DAILY_0600, timezone=BERLIN)))
         deployments.append(retrain_flow.to_deployment(name=f"retrain-{model}-weekly", parameters={"model": model},
-                                                      schedule=Cron("0 3 * * 1", timezone=BERLIN), concurrency_limit=1))
-    serve(*deployments)
+                                                      schedule=Cron(WEEKLY_MONDAY_0300, timezone=BERLIN),
+                                                      concurrency_limit=1))
+    return deployments
+
+
+def serve_all(models: list[str]) -> None:
+    from prefect import serve
+
+    serve(*build_deployments(models))

@@ -1,0 +1,68 @@
+"""The `loop` command line (exit codes scripts rely on) and the served deployments' schedules."""
+
+from __future__ import annotations
+
+import polars as pl
+from typer.testing import CliRunner
+
+from features.spec import SpecError, parse_spec
+from flows.cli import EXIT_REJECTED, app
+from tests.helpers import lead_action
+
+runner = CliRunner()
+
+
+def test_ingest_exit_code_says_whether_anything_was_rejected(loop_home, tmp_path):
+    clean = tmp_path / "clean.csv"
+    pl.DataFrame([lead_action("a1"), lead_action("a2")]).write_csv(clean)
+    dirty = tmp_path / "dirty.csv"
+    pl.DataFrame([lead_action("b1"), lead_action("b2", score="2")]).write_csv(dirty)
+
+    ok = runner.invoke(app, ["ingest", str(clean), "--as-of", "2026-02-01T00:00:00+00:00"])
+    assert ok.exit_code == 0, ok.output
+    assert "stored 2 actions" in ok.output
+
+    rejected = runner.invoke(app, ["ingest", str(dirty), "--as-of", "2026-02-01T00:00:00+00:00"])
+    assert rejected.exit_code == EXIT_REJECTED
+    assert "1 quarantined" in rejected.output
+
+    again = runner.invoke(app, ["ingest", str(clean), "--as-of", "2026-02-01T00:00:00+00:00"])
+    assert again.exit_code == 0 and "stored 0 actions" in again.output and "2 duplicates" in again.output
+
+    listed = runner.invoke(app, ["quarantine"])
+    assert listed.exit_code == 0 and "score 2 is outside [0, 1]" in listed.output
+
+
+def test_missing_input_and_unknown_model_fail_with_a_clear_message(loop_home, tmp_path):
+    missing = runner.invoke(app, ["ingest", str(tmp_path / "nope.csv")])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    unknown = runner.invoke(app, ["train", "churn"])
+    assert unknown.exit_code == 1 and "unknown model 'churn'" in unknown.output
+
+
+def test_approving_when_nothing_waits_is_refused(loop_home):
+    result = runner.invoke(app, ["approve", "lead_scoring", "7", "--by", "anna"])
+    assert result.exit_code == 1 and "not waiting for approval" in result.output
+
+
+def test_a_broken_spec_names_the_file_and_the_problem(tmp_path, specs):
+    text = specs["lead_scoring"].source_text.replace('type = "numeric"', 'type = "number"', 1)
+    try:
+        parse_spec(text, tmp_path / "broken.toml")
+    except SpecError as exc:
+        assert "broken.toml" in str(exc) and "'number'" in str(exc)
+    else:
+        raise AssertionError("a feature type 'number' must be refused")
+
+
+def test_served_deployments_have_the_documented_schedules(specs):
+    from flows.serve import build_deployments
+
+    deployments = {d.name: d for d in build_deployments(list(specs))}
+    assert set(deployments) == {"inbox-every-15-minutes", "weekly-cycle", "monitor-lead_scoring-daily",
+                                "monitor-reply_acceptance-daily", "retrain-lead_scoring-weekly",
+                                "retrain-reply_acceptance-weekly"}
+    weekly = deployments["retrain-lead_scoring-weekly"].schedules[0].schedule
+    assert (weekly.cron, weekly.timezone) == ("0 3 * * 1", "Europe/Berlin")
+    assert deployments["inbox-every-15-minutes"].schedules[0].schedule.interval.total_seconds() == 900
+    assert deployments["retrain-lead_scoring-weekly"].parameters == {"model": "lead_scoring"}
