@@ -145,3 +145,18 @@ def test_unreadable_files_are_reported_and_moved_to_failed_without_stopping_othe
     assert len(report.failed_files) == 1 and phrase in report.failed_files[0][1]
     assert (inbox / "failed" / name).exists() and phrase in (inbox / "failed" / f"{name}.reason.txt").read_text()
     assert (inbox / "processed" / "zz-good.csv").exists()
+
+
+def test_paired_rows_store_the_action_once_and_every_outcome(tmp_path, store):
+    rows = [
+        lead_action("p1") | {"observed_at": "2026-01-20T09:00:00+01:00", "outcome": "lost", "revenue": ""},
+        lead_action("p1") | {"observed_at": "2026-01-28T09:00:00+01:00", "outcome": "converted", "revenue": "3100"},
+        lead_action("p2") | {"observed_at": "", "outcome": "", "revenue": ""},          # no outcome yet
+        lead_action("p3") | {"observed_at": "2026-01-05T09:00:00+01:00", "outcome": "lost", "revenue": ""},  # before its action
+    ]
+    report = ingest_paths([_write_csv(tmp_path / "paired.csv", rows)], store, SimulatedClock(NOW), KEY)
+    assert (report.actions_stored, report.outcomes_stored, report.quarantined) == (2, 2, 1)
+    assert sorted(store.scan_actions("lead_scoring").collect()["action_id"]) == ["p1", "p2"]
+    outcomes = store.scan_outcomes().sort("observed_at").collect()
+    assert outcomes["outcome"].to_list() == ["lost", "converted"] and outcomes["revenue"].to_list() == [None, 3100.0]
+    assert "observed_at is before decided_at" in store.scan_quarantine().collect()["reason"][0]
