@@ -52,22 +52,16 @@ def ingest(paths: Annotated[list[Path], typer.Argument(help="CSV, Parquet or JSO
     """Validate action/outcome files and store them; bad rows go to quarantine with a reason."""
     runtime = _runtime()
     from features.clock import SimulatedClock
-    from features.ingest import IngestReport, discover, ingest_file
+    from features.ingest import discover, ingest_paths
 
     try:
         files = [f for p in paths for f in discover(p)]
     except FileNotFoundError as exc:
         _fail(str(exc))
-    clock = SimulatedClock(_now(as_of))
-    total = IngestReport()
-    import uuid
-
-    ingest_id = uuid.uuid4().hex[:12]
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("ingesting", total=len(files))
-        for file in files:
-            total.add(ingest_file(file, runtime.store, clock, runtime.settings.pseudonym_key, ingest_id))
-            progress.advance(bar)
+        total = ingest_paths(files, runtime.store, SimulatedClock(_now(as_of)), runtime.settings.pseudonym_key,
+                             progress=lambda _file: progress.advance(bar))
     counts = total.as_dict()
     console.print(f"read {counts['rows_read']} rows from {counts['files']} file(s): stored {counts['actions_stored']} actions "
                   f"and {counts['outcomes_stored']} outcomes, {counts['duplicates']} duplicates, "

@@ -8,14 +8,12 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
-from features.clock import SimulatedClock
+from features.clock import Clock, SimulatedClock, SystemClock
 from features.ingest import IngestReport, ingest_inbox, ingest_paths
 from flows.runtime import Runtime
 
 
-def _clock(as_of: datetime | None):
-    from features.clock import SystemClock
-
+def _clock(as_of: datetime | None) -> Clock:
     return SimulatedClock(as_of) if as_of else SystemClock()
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from datetime import datetime
+from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -15,7 +17,7 @@ from flows.runtime import Runtime
 from models.evaluation import Comparison, compare_with_champion, comparison_table
 from models.plots import calibration_plot, threshold_plot
 from models.promotion import AuditTrail, apply_decision
-from models.registry import CHAMPION, scratch_dir
+from models.registry import CHAMPION
 from models.report import retrain_summary
 from models.train import TrainedModel, fit_model
 
@@ -50,16 +52,17 @@ def fit(model: str, labelled) -> tuple[Split, TrainedModel] | str:
 def log_and_register(model: str, split: Split, trained: TrainedModel, lineage: dict, week: str) -> tuple[str, str]:
     runtime = Runtime.from_env()
     spec = runtime.spec(model)
-    folder = scratch_dir()
-    plots = {
-        "calibration": calibration_plot(trained.test_labels, trained.test_scores, f"{model}: calibration on test weeks",
-                                        folder / "calibration.png"),
-        "threshold": threshold_plot(trained.threshold.curve, trained.threshold.threshold,
-                                    f"{model}: objective by threshold", folder / "threshold_curve.png"),
-    }
     lineage = {**lineage, **split.sizes()}
-    return runtime.registry.log_training(spec, trained, lineage=lineage, input_example=split.test.head(5),
-                                         week=week, plots=plots, run_name=f"train-{model}-{week}")
+    with tempfile.TemporaryDirectory(prefix="loop-plots-") as tmp:
+        folder = Path(tmp)
+        plots = {
+            "calibration": calibration_plot(trained.test_labels, trained.test_scores, f"{model}: calibration on test weeks",
+                                            folder / "calibration.png"),
+            "threshold": threshold_plot(trained.threshold.curve, trained.threshold.threshold,
+                                        f"{model}: objective by threshold", folder / "threshold_curve.png"),
+        }
+        return runtime.registry.log_training(spec, trained, lineage=lineage, input_example=split.test.head(5),
+                                             week=week, plots=plots, run_name=f"train-{model}-{week}")
 
 
 @task(cache_policy=NO_CACHE)

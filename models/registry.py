@@ -6,8 +6,6 @@ version (its tag ``threshold`` and the model's metadata), so model and threshold
 
 from __future__ import annotations
 
-import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,8 @@ class Registry:
         # Models are cloudpickled (skops refuses HistGradientBoosting inside CalibratedClassifierCV); they are only
         # ever loaded from this loop's own registry, so the per-model pickle warning is noise in every run's log.
         logging.getLogger("mlflow.sklearn").setLevel(logging.ERROR)
+        # "Created version N" on every registration: the run's own summary and artifacts say it better.
+        logging.getLogger("mlflow.tracking._model_registry").setLevel(logging.WARNING)
 
         self.settings = settings
         self.mlflow = mlflow
@@ -148,11 +148,3 @@ class Registry:
             for path in artifacts:
                 self.mlflow.log_artifact(str(path), "reports")
         return run.info.run_id
-
-
-def scratch_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="loop-"))
-
-
-def to_json(value: Any) -> str:
-    return json.dumps(value, default=str, sort_keys=True)

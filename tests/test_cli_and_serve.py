@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import polars as pl
 from typer.testing import CliRunner
 
@@ -64,5 +66,5 @@ def test_served_deployments_have_the_documented_schedules(specs):
                                 "retrain-reply_acceptance-weekly"}
     weekly = deployments["retrain-lead_scoring-weekly"].schedules[0].schedule
     assert (weekly.cron, weekly.timezone) == ("0 3 * * 1", "Europe/Berlin")
-    assert deployments["inbox-every-15-minutes"].schedules[0].schedule.interval.total_seconds() == 900
+    assert deployments["inbox-every-15-minutes"].schedules[0].schedule.interval == timedelta(minutes=15)
     assert deployments["retrain-lead_scoring-weekly"].parameters == {"model": "lead_scoring"}
