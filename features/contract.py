@@ -60,6 +60,14 @@ AUDIT_SCHEMA: dict[str, pl.DataType] = {
     "week": pl.String(),
 }
 
+LEDGER_SCHEMA: dict[str, pl.DataType] = {
+    "ingest_id": pl.String(),
+    "status": pl.String(),       # started / complete / abandoned (a crashed ingest, cleaned up)
+    "at": UTC_TIME,
+    "source_file": pl.String(),
+    "counts": pl.String(),       # JSON: rows read, stored, duplicates, quarantined
+}
+
 OUTCOME_KEY = ["action_id", "observed_at", "outcome"]
 REQUIRED_OUTCOME_COLUMNS = ["action_id", "observed_at", "outcome"]
 

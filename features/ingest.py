@@ -1,28 +1,36 @@
-"""Ingest: read action/outcome files, validate, pseudonymise, and store them idempotently.
+"""Ingest: read action/outcome files, validate, pseudonymise, and store them atomically and idempotently.
 
-One file is one unit: its valid rows go to the store, its invalid rows to quarantine with the
-reason, and a file that cannot be read at all is reported (and, from the inbox, moved to
-``failed/`` with a reason file) without stopping the other files.
+One file is one ingest: the ledger records it as started, its valid rows go to the tables, its
+invalid rows to quarantine with the reason, and the ledger records it as complete last (readers
+see nothing of it before). A file that cannot be read at all is reported (and, from the inbox,
+moved to ``failed/`` with a reason file) without stopping the other files. Large files are read
+in batches, so memory does not grow with the file.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
+import os
 import shutil
+import signal
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from features.clock import Clock
-from features.contract import ACTION_SCHEMA, feature_schema
+from features.contract import ACTION_SCHEMA, UTC_TIME, feature_schema
 from features.pseudonymise import pseudonymise
-from features.store import EventStore
+from features.store import EventStore, StoreError
 from features.validate import FileRejected, validate_rows
 
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+BATCH_ROWS = 500_000
+_READ_CHUNK = 16 * 1024 * 1024
 
 
 @dataclass
@@ -50,6 +58,12 @@ class IngestReport:
                 "quarantined": self.quarantined, "failed_files": len(self.failed_files)}
 
 
+def crash_point(name: str) -> None:
+    """Die here, as a kill -9 would, when LOOP_CRASH_AT names this point: how the tests prove atomicity."""
+    if os.environ.get("LOOP_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def discover(path: Path) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
@@ -58,40 +72,68 @@ def discover(path: Path) -> list[Path]:
     return [path]
 
 
-def read_events(path: Path) -> tuple[pl.DataFrame, int]:
-    """Read one file into a frame; returns it with the number of its first data row (line)."""
+def _file_digest_and_check(path: Path, text: bool) -> str:
+    """SHA-256 of the file, read in chunks; for text files also reject empty and non-UTF-8 content."""
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, seen_content = 0, False
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_READ_CHUNK):
+            digest.update(chunk)
+            seen_content = seen_content or bool(chunk.strip())
+            if text:
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as exc:
+                    raise FileRejected(f"not UTF-8: invalid byte at offset {offset + exc.start}") from None
+            offset += len(chunk)
+    if text:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise FileRejected(f"not UTF-8: truncated character at the end (offset {offset})") from None
+        if not seen_content:
+            raise FileRejected("empty file")
+    return digest.hexdigest()[:16]
+
+
+def read_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[tuple[pl.DataFrame, int]]:
+    """Yield (rows, number of the first row in the file) batch by batch."""
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise FileRejected(f"unsupported file type '{path.suffix}' (use .csv, .parquet or .jsonl)")
-    if kind == "parquet":
-        try:
-            return pl.read_parquet(path), 1
-        except Exception as exc:  # noqa: BLE001 - any parse failure means the file is unreadable
-            raise FileRejected(f"not a readable Parquet file: {exc}") from None
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise FileRejected("empty file")
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FileRejected(f"not UTF-8: invalid byte at offset {exc.start}") from None
+    first = 2 if kind == "csv" else 1     # CSV: line numbers, the header is line 1
     try:
         if kind == "csv":
-            frame = pl.read_csv(path, infer_schema=False)
-            if frame.width == 1 and any(sep in frame.columns[0] for sep in (";", "\t", "|")):
-                raise FileRejected(f"one column '{frame.columns[0][:60]}': the delimiter is not ',' (use comma-separated CSV)")
-            return frame, 2
-        return pl.read_ndjson(path, infer_schema_length=None), 1
+            header = pl.read_csv(path, infer_schema=False, n_rows=0)
+            if header.width == 1 and any(sep in header.columns[0] for sep in (";", "\t", "|")):
+                raise FileRejected(f"one column '{header.columns[0][:60]}': the delimiter is not ',' (use comma-separated CSV)")
+            lazy = pl.scan_csv(path, infer_schema=False)
+        elif kind == "parquet":
+            lazy = pl.scan_parquet(path)
+        else:
+            lazy = pl.read_ndjson(path, infer_schema_length=None).lazy()
+        empty = True
+        for batch in lazy.collect_batches(chunk_size=batch_rows):
+            if batch.height:
+                empty = False
+                yield batch, first
+                first += batch.height
+        if empty:
+            raise FileRejected("header only, no rows")
     except FileRejected:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any parse failure means the file is unreadable
         raise FileRejected(f"cannot parse as {kind}: {exc}") from None
 
 
 def _conflicts_with_store(store: EventStore, model: str, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """Split rows into new ones, conflicting ones (same action_id, other content) and exact duplicates."""
+    """Split rows into new ones, conflicting ones (same action_id, other content) and exact duplicates.
+
+    Compares with every stored row, including this ingest's earlier batches (the writer holds the lock).
+    """
     content = list(ACTION_SCHEMA) + list(feature_schema(store.specs[model]))
-    stored = (store.scan_actions(model).select(content)
+    stored = (store.scan_all_actions(model).select(content)
               .join(rows.lazy().select("action_id"), on="action_id", how="semi").collect())
     if stored.is_empty():
         return rows, rows.clear(), 0
@@ -104,24 +146,15 @@ def _conflicts_with_store(store: EventStore, model: str, rows: pl.DataFrame) -> 
     return new, conflicting, duplicates
 
 
-def ingest_file(path: Path, store: EventStore, clock: Clock, key: bytes, ingest_id: str) -> IngestReport:
-    report = IngestReport(files=1)
+def _store_batch(batch: pl.DataFrame, first_row: int, source: str, digest: str, store: EventStore, clock: Clock,
+                 key: bytes, ingest_id: str, report: IngestReport) -> list[pl.DataFrame]:
+    """Validate and store one batch; returns its rejected rows (quarantine is written once per file)."""
     now = clock.now()
-    source = str(path)
-    try:
-        frame, first_row = read_events(path)
-        if frame.height == 0:
-            raise FileRejected("header only, no rows")
-        validated = validate_rows(frame, store.specs, now, first_row)
-    except FileRejected as exc:
-        report.failed_files.append((source, str(exc)))
-        return report
-    report.rows_read = validated.rows_read
+    validated = validate_rows(batch, store.specs, now, first_row)
+    report.rows_read += validated.rows_read
     report.duplicates += validated.duplicates_in_file
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    provenance = [pl.lit(ingest_id).alias("ingest_id"), pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
+    provenance = [pl.lit(ingest_id).alias("ingest_id"), pl.lit(now).cast(UTC_TIME).alias("ingested_at"),
                   pl.lit(source).alias("source_file")]
-
     rejected = [validated.rejected]
     for model, rows in validated.actions.items():
         rows = rows.with_columns(pseudonymise(rows["entity_id"], key).alias("entity_id"))
@@ -133,51 +166,122 @@ def ingest_file(path: Path, store: EventStore, clock: Clock, key: bytes, ingest_
                 pl.format("duplicate action_id '{}' with conflicting content already stored", pl.col("action_id")).alias("reason"),
                 pl.struct(pl.all()).struct.json_encode().alias("raw")))
         report.actions_stored += store.insert_actions(model, new.with_columns(provenance))
-
+    crash_point("actions")
     outcomes = validated.outcomes
     if outcomes.height:
-        known = pl.concat([store.scan_actions(m).select("action_id", "model") for m in store.specs]).collect()
+        known = pl.concat([store.scan_all_actions(m).select("action_id", "model") for m in store.specs]).join(
+            outcomes.lazy().select("action_id"), on="action_id", how="semi").collect()
         outcomes = (outcomes.join(known, on="action_id", how="left", suffix="__known")
                     .with_columns(pl.coalesce("model", "model__known").alias("model")).drop("model__known"))
         inserted = store.insert_outcomes(outcomes.with_columns(provenance))
         report.outcomes_stored += inserted
         report.duplicates += outcomes.height - inserted
+    crash_point("outcomes")
+    return rejected
 
-    quarantine = pl.concat(rejected)
-    if quarantine.height:
-        quarantine = quarantine.with_row_index("__i").select(
-            pl.format("{}:{}:{}", pl.lit(digest), pl.col("row_number").fill_null(-1), pl.col("__i")).alias("quarantine_id"),
-            pl.lit(source).alias("source_file"), "row_number", "reason", "raw",
-            pl.lit(ingest_id).alias("ingest_id"), pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("quarantined_at"))
-        store.insert_quarantine(quarantine)
-        report.quarantined = quarantine.height
+
+def _quarantine(rejected: pl.DataFrame, source: str, digest: str, store: EventStore, clock: Clock, ingest_id: str) -> int:
+    if rejected.is_empty():
+        return 0
+    rows = rejected.with_row_index("__i").select(
+        pl.format("{}:{}:{}", pl.lit(digest), pl.col("row_number").fill_null(-1), pl.col("__i")).alias("quarantine_id"),
+        pl.lit(source).alias("source_file"), "row_number", "reason", "raw",
+        pl.lit(ingest_id).alias("ingest_id"), pl.lit(clock.now()).cast(UTC_TIME).alias("quarantined_at"))
+    store.insert_quarantine(rows)
+    return rows.height
+
+
+def ingest_file(path: Path, store: EventStore, clock: Clock, key: bytes) -> IngestReport:
+    """Ingest one file as one atomic, idempotent unit. The caller holds ``store.writer()``."""
+    report = IngestReport(files=1)
+    source = str(path)
+    ingest_id = uuid.uuid4().hex[:16]
+    try:
+        digest = _file_digest_and_check(path, text=SUFFIXES.get(path.suffix.lower()) != "parquet")
+        batches = read_batches(path)
+        first_batch = next(batches)
+    except FileRejected as exc:
+        report.failed_files.append((source, str(exc)))
+        return report
+    store.record_ingest(ingest_id, "started", clock.now(), source, {})
+    crash_point("started")
+    rejected: list[pl.DataFrame] = []
+    try:
+        for batch, first_row in _chain(first_batch, batches):
+            rejected += _store_batch(batch, first_row, source, digest, store, clock, key, ingest_id, report)
+    except FileRejected as exc:  # a later batch turned out unreadable: the ledger never completes it
+        report.failed_files.append((source, str(exc)))
+        return report
+    report.quarantined = _quarantine(pl.concat(rejected), source, digest, store, clock, ingest_id)
+    crash_point("quarantine")
+    store.record_ingest(ingest_id, "complete", clock.now(), source, report.as_dict())
+    crash_point("complete")
     return report
 
 
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
 def ingest_paths(paths: Iterable[Path], store: EventStore, clock: Clock, key: bytes,
-                 progress=None) -> IngestReport:
-    """Ingest files or folders; every file is handled on its own so one bad file stops nothing."""
-    ingest_id = uuid.uuid4().hex[:12]
+                 progress: Callable[[Path], None] | None = None) -> IngestReport:
+    """Ingest files or folders, each file on its own, so one bad file stops nothing."""
     files = [f for p in paths for f in discover(Path(p))]
     total = IngestReport()
-    for file in files:
-        total.add(ingest_file(file, store, clock, key, ingest_id))
-        if progress:
-            progress(file)
+    with store.writer():
+        for file in files:
+            total.add(ingest_file(file, store, clock, key))
+            if progress:
+                progress(file)
     return total
 
 
 def ingest_inbox(inbox: Path, store: EventStore, clock: Clock, key: bytes) -> IngestReport:
-    """Ingest every file waiting in the inbox; move each to processed/ or failed/ (with a reason file)."""
+    """Ingest every file waiting in the inbox; move each to processed/ or failed/ (with a reason file).
+
+    A file moves only after its ledger entry is written, so a crash before the move means the
+    rerun finds it again and, ingests being idempotent, adds nothing twice.
+    """
     inbox.mkdir(parents=True, exist_ok=True)
     total = IngestReport()
-    ingest_id = uuid.uuid4().hex[:12]
-    for file in discover(inbox):
-        report = ingest_file(file, store, clock, key, ingest_id)
-        total.add(report)
-        target = inbox / ("failed" if report.failed_files else "processed")
-        target.mkdir(exist_ok=True)
-        if report.failed_files:
-            (target / f"{file.name}.reason.txt").write_text(report.failed_files[0][1] + "\n", encoding="utf-8")
-        shutil.move(str(file), target / file.name)
+    with store.writer():
+        for file in discover(inbox):
+            report = ingest_file(file, store, clock, key)
+            total.add(report)
+            target = inbox / ("failed" if report.failed_files else "processed")
+            target.mkdir(exist_ok=True)
+            if report.failed_files:
+                (target / f"{file.name}.reason.txt").write_text(report.failed_files[0][1] + "\n", encoding="utf-8")
+            shutil.move(str(file), target / file.name)
     return total
+
+
+def replay_quarantine(store: EventStore, clock: Clock, key: bytes) -> IngestReport:
+    """Re-ingest quarantined rows (after the spec or the data was fixed); rows now valid leave quarantine."""
+    from deltalake import DeltaTable
+
+    total = IngestReport()
+    with store.writer():
+        quarantined = store.scan_quarantine().collect()
+        for (source,), rows in quarantined.group_by("source_file", maintain_order=True):
+            frame = pl.read_ndjson(io.BytesIO("\n".join(rows["raw"].to_list()).encode()), infer_schema_length=None)
+            frame = frame.select(pl.all().cast(pl.String))
+            ingest_id = uuid.uuid4().hex[:16]
+            store.record_ingest(ingest_id, "started", clock.now(), f"replay:{source}", {})
+            report = IngestReport(files=1)
+            still_bad = pl.concat(_store_batch(frame, 1, f"replay:{source}", "", store, clock, key, ingest_id, report))
+            # Rows still rejected keep their quarantine entry; the others are removed from quarantine.
+            keep = set(still_bad["raw"].to_list()) if still_bad.height else set()
+            fixed = rows.filter(~pl.col("raw").is_in(list(keep)))
+            if fixed.height:
+                ids = ", ".join(f"'{q}'" for q in fixed["quarantine_id"].to_list())
+                DeltaTable(store.quarantine_uri).delete(f"quarantine_id IN ({ids})")
+            report.quarantined = rows.height - fixed.height
+            store.record_ingest(ingest_id, "complete", clock.now(), f"replay:{source}", report.as_dict())
+            total.add(report)
+    return total
+
+
+__all__ = ["IngestReport", "StoreError", "discover", "ingest_file", "ingest_inbox", "ingest_paths", "read_batches",
+           "replay_quarantine"]

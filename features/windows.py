@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import polars as pl
@@ -19,8 +20,10 @@ def outcome_horizon_days(spec: ModelSpec) -> int:
 
 def window(store: EventStore, spec: ModelSpec, start: datetime, end: datetime, as_of: datetime) -> pl.DataFrame:
     """Actions decided in [start, end) with `outcome` = positive within the horizon (null while too young)."""
-    actions = store.scan_actions(spec.name)
-    aged = positive_within(actions, store.scan_outcomes(), spec, as_of, outcome_horizon_days(spec)).select("action_id", "outcome")
+    complete = store.complete_ingests()
+    actions = store.scan_actions(spec.name, complete)
+    aged = positive_within(actions, store.scan_outcomes(complete), spec, as_of,
+                           outcome_horizon_days(spec)).select("action_id", "outcome")
     return (actions.filter((pl.col("decided_at") >= _utc(start)) & (pl.col("decided_at") < _utc(end)))
             .join(aged, on="action_id", how="left").collect())
 
@@ -32,13 +35,50 @@ def drift_windows(store: EventStore, spec: ModelSpec, as_of: datetime, reference
     return reference, current
 
 
+def as_known_at(frame: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
+    """Only rows the store had received by ``as_of``: filtering the current tables rebuilds a past view."""
+    return frame.filter(pl.col("ingested_at") <= _utc(as_of))
+
+
 def labelled_frame(store: EventStore, spec: ModelSpec, as_of: datetime) -> pl.DataFrame:
-    """All mature labelled actions up to ``as_of``, oldest first."""
-    return mature(with_labels(store.scan_actions(spec.name), store.scan_outcomes(), spec, as_of)).sort("decided_at").collect()
+    """All mature labelled actions known at ``as_of``, oldest first, from one snapshot of the ledger.
+
+    Filtering by decision, observation and ingest time makes the result a function of ``as_of``
+    and the tables' rows, so a training set can be rebuilt later and checked against its digest.
+    """
+    complete = store.complete_ingests()
+    actions = as_known_at(store.scan_actions(spec.name, complete), as_of)
+    outcomes = as_known_at(store.scan_outcomes(complete), as_of)
+    return mature(with_labels(actions, outcomes, spec, as_of)).sort("decided_at", "action_id").collect()
+
+
+@dataclass(frozen=True)
+class RebuildCheck:
+    frame: pl.DataFrame
+    digest: str
+    logged_digest: str
+
+    @property
+    def matches(self) -> bool:
+        return self.digest == self.logged_digest
+
+    def explain(self) -> str:
+        if self.matches:
+            return f"rebuilt {self.frame.height} rows; digest {self.digest} matches the run's"
+        return (f"rebuilt {self.frame.height} rows; digest {self.digest} differs from the run's {self.logged_digest}: "
+                "rows were erased (loop forget, retention) or the store lost data since")
+
+
+def rebuild_training_set(store: EventStore, spec: ModelSpec, lineage: dict) -> RebuildCheck:
+    """Rebuild a logged run's training set from the current tables and compare its digest."""
+    if lineage["spec_hash"] != spec.content_hash:
+        raise ValueError(f"the run used spec {lineage['spec_hash']}, the current spec is {spec.content_hash}")
+    frame = labelled_frame(store, spec, datetime.fromisoformat(lineage["as_of"]))
+    return RebuildCheck(frame, action_digest(frame.get_column("action_id")), lineage["action_digest"])
 
 
 def recent_actions(store: EventStore, spec: ModelSpec, as_of: datetime, days: int = 7) -> pl.DataFrame:
-    return (store.scan_actions(spec.name)
+    return (as_known_at(store.scan_actions(spec.name), as_of)
             .filter((pl.col("decided_at") > _utc(as_of - timedelta(days=days))) & (pl.col("decided_at") <= _utc(as_of)))
             .collect())
 

@@ -73,17 +73,41 @@ def ingest(paths: Annotated[list[Path], typer.Argument(help="CSV, Parquet or JSO
 
 
 @app.command()
-def quarantine(limit: Annotated[int, typer.Option(help="Show at most this many rows.")] = 20) -> None:
-    """List rejected rows with the file, row number and reason."""
+def quarantine(limit: Annotated[int, typer.Option(help="Show at most this many rows.")] = 20,
+               replay: Annotated[bool, typer.Option("--replay", help="Re-ingest quarantined rows after the spec or the "
+                                                    "data was fixed; rows now valid leave quarantine.")] = False,
+               as_of: AsOf = None) -> None:
+    """List rejected rows with the file, row number and reason; or replay them."""
     import polars as pl
 
     runtime = _runtime()
+    if replay:
+        from features.clock import SimulatedClock
+        from features.ingest import replay_quarantine
+
+        report = replay_quarantine(runtime.store, SimulatedClock(_now(as_of)), runtime.settings.pseudonym_key)
+        counts = report.as_dict()
+        console.print(f"replayed {counts['rows_read']} rows: stored {counts['actions_stored']} actions and "
+                      f"{counts['outcomes_stored']} outcomes, {counts['quarantined']} still quarantined")
+        if counts["quarantined"]:
+            raise typer.Exit(EXIT_REJECTED)
+        return
     rows = runtime.store.scan_quarantine().sort("quarantined_at", descending=True).head(limit).collect()
     if rows.is_empty():
         console.print("quarantine is empty")
         return
     with pl.Config(fmt_str_lengths=120, tbl_width_chars=200, tbl_rows=limit):
         console.print(rows.select("source_file", "row_number", "reason"))
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade a store written by an older release to this release's layout (safe to run again)."""
+    runtime = _runtime()
+    from features.migrate import migrate as run_migration
+
+    for line in run_migration(runtime.store, datetime.now(UTC)):
+        console.print(line)
 
 
 @app.command()
