@@ -25,7 +25,7 @@ import polars as pl
 from features.clock import Clock
 from features.contract import ACTION_SCHEMA, UTC_TIME, feature_schema
 from features.pseudonymise import pseudonymise
-from features.store import EventStore, StoreError
+from features.store import EventStore, SchemaConflict, StoreError
 from features.validate import FileRejected, validate_rows
 
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -132,8 +132,11 @@ def _conflicts_with_store(store: EventStore, model: str, rows: pl.DataFrame) -> 
 
     Compares with every stored row, including this ingest's earlier batches (the writer holds the lock).
     """
-    content = list(ACTION_SCHEMA) + list(feature_schema(store.specs[model]))
-    stored = (store.scan_all_actions(model).select(content)
+    table = store.scan_all_actions(model)
+    # A column the spec gained is not in the table yet: stored rows cannot conflict on it.
+    present = set(table.collect_schema().names())
+    content = [c for c in list(ACTION_SCHEMA) + list(feature_schema(store.specs[model])) if c in present]
+    stored = (table.select(content)
               .join(rows.lazy().select("action_id"), on="action_id", how="semi").collect())
     if stored.is_empty():
         return rows, rows.clear(), 0
@@ -209,7 +212,9 @@ def ingest_file(path: Path, store: EventStore, clock: Clock, key: bytes) -> Inge
     try:
         for batch, first_row in _chain(first_batch, batches):
             rejected += _store_batch(batch, first_row, source, digest, store, clock, key, ingest_id, report)
-    except FileRejected as exc:  # a later batch turned out unreadable: the ledger never completes it
+    except (FileRejected, SchemaConflict) as exc:
+        # Unreadable later batch, or a column whose type changed: the ledger never completes this
+        # ingest, so nothing of it becomes visible, and the next writer removes what it wrote.
         report.failed_files.append((source, str(exc)))
         return report
     report.quarantined = _quarantine(pl.concat(rejected), source, digest, store, clock, ingest_id)

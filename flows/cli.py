@@ -185,7 +185,10 @@ def _status(runtime) -> dict:
             "awaiting_approval": challenger.version if challenger else None,
         }
     audit = runtime.store.scan_audit().sort("at", descending=True).head(10).collect()
-    return {"store": store, "models": models,
+    complete = runtime.store.complete_ingests()
+    actions = pl.concat([runtime.store.scan_actions(m, complete).select("action_id") for m in runtime.specs])
+    pending = runtime.store.scan_outcomes(complete).join(actions, on="action_id", how="anti").select(pl.len()).collect().item()
+    return {"store": store, "models": models, "outcomes_waiting_for_their_action": pending,
             "last_decisions": audit.with_columns(pl.col("at").dt.to_string()).to_dicts()}
 
 
@@ -203,6 +206,8 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     for row in info["store"]:
         table.add_row(*(str(row[c]) for c in ("table", "rows", "version", "first", "last")))
     console.print(table)
+    if info["outcomes_waiting_for_their_action"]:
+        console.print(f"{info['outcomes_waiting_for_their_action']} outcome(s) wait for their action (kept; joined when it arrives)")
     for name, m in info["models"].items():
         champ = m["champion"]
         text = f"v{champ['version']} threshold {champ['threshold']:.3f} (since {champ['since_week']})" if champ else "none (cold-start rule)"
