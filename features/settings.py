@@ -19,13 +19,19 @@ DOCUMENTED = {
     "LOOP_STORE_URI": ("$LOOP_HOME/store", "where the Delta tables live (a path; object-store URIs later)"),
     "LOOP_SPECS_DIR": ("data/specs", "folder of model specs (one TOML file per model)"),
     "LOOP_INBOX": ("$LOOP_HOME/inbox", "folder the scheduled ingest picks files up from"),
-    "LOOP_PSEUDONYM_KEY": ("a fixed demo key", "secret key for pseudonymising lead/customer ids (set it in production)"),
+    "LOOP_PSEUDONYM_KEY": ("none: required, except for `loop demo`", "secret key for pseudonymising lead/customer ids"),
+    "LOOP_RETENTION_MONTHS": ("24", "events older than this are dropped by the daily maintenance"),
+    "LOOP_VACUUM_RETENTION_HOURS": ("168", "old Delta versions are vacuumed after this many hours"),
     "MLFLOW_TRACKING_URI": ("sqlite:///$LOOP_HOME/mlflow/mlflow.db", "MLflow tracking + registry backend"),
     "PREFECT_HOME": ("$LOOP_HOME/prefect", "Prefect's home (its SQLite DB when no server is set)"),
     "PREFECT_API_URL": ("unset: ephemeral local API", "a Prefect server, e.g. http://127.0.0.1:4200/api"),
 }
 
 DEMO_PSEUDONYM_KEY = "demo-only-pseudonym-key-change-me"
+
+
+class SettingsError(RuntimeError):
+    """A required setting is missing or malformed; the message names the variable."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,17 @@ class Settings:
     inbox: Path
     mlflow_tracking_uri: str
     mlflow_artifact_root: Path
-    pseudonym_key: bytes
+    pseudonym_key_text: str | None
+    retention_months: int = 24
+    vacuum_retention_hours: int = 168
+
+    @property
+    def pseudonym_key(self) -> bytes:
+        """The pseudonymisation secret; refusing to run without one keeps real ids from being hashed with a public key."""
+        if not self.pseudonym_key_text:
+            raise SettingsError("LOOP_PSEUDONYM_KEY is not set: set it to a long random secret (keep it out of the repo); "
+                                "only `loop demo` runs without one, on a fixed demo key")
+        return self.pseudonym_key_text.encode()
 
     @property
     def reports_dir(self) -> Path:
@@ -57,7 +73,9 @@ class Settings:
             inbox=Path(env.get("LOOP_INBOX", str(home / "inbox"))),
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
             mlflow_artifact_root=home / "mlflow" / "artifacts",
-            pseudonym_key=env.get("LOOP_PSEUDONYM_KEY", DEMO_PSEUDONYM_KEY).encode(),
+            pseudonym_key_text=env.get("LOOP_PSEUDONYM_KEY") or None,
+            retention_months=int(env.get("LOOP_RETENTION_MONTHS", "24")),
+            vacuum_retention_hours=int(env.get("LOOP_VACUUM_RETENTION_HOURS", "168")),
         )
 
 

@@ -284,6 +284,10 @@ def demo(weeks: Annotated[int, typer.Option(help="Simulated weeks.")] = 16,
          emails: Annotated[int, typer.Option(help="E-mails per week.")] = 5000,
          fresh: Annotated[bool, typer.Option(help="Start from an empty state folder (deletes $LOOP_HOME).")] = True) -> None:
     """Run the self-optimising loop on simulated weeks and print the week-by-week table."""
+    from features.settings import DEMO_PSEUDONYM_KEY
+
+    # The demo's simulated people are not real: it is the one command allowed to use the public demo key.
+    os.environ.setdefault("LOOP_PSEUDONYM_KEY", DEMO_PSEUDONYM_KEY)
     settings = prepare_environment()
     if fresh and settings.home.exists():
         import shutil

@@ -14,6 +14,7 @@ os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ["LOOP_PSEUDONYM_KEY"] = "test-only-pseudonym-key"
 
 import pytest  # noqa: E402
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 import polars as pl
 from typer.testing import CliRunner
 
@@ -68,3 +70,19 @@ def test_served_deployments_have_the_documented_schedules(specs):
     assert (weekly.cron, weekly.timezone) == ("0 3 * * 1", "Europe/Berlin")
     assert deployments["inbox-every-15-minutes"].schedules[0].schedule.interval == timedelta(minutes=15)
     assert deployments["retrain-lead_scoring-weekly"].parameters == {"model": "lead_scoring"}
+
+
+def test_commands_that_store_ids_refuse_to_run_without_a_pseudonym_key(loop_home, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from flows.cli import main
+
+    monkeypatch.delenv("LOOP_PSEUDONYM_KEY")
+    path = tmp_path / "a.csv"
+    pl.DataFrame([lead_action("a1")]).write_csv(path)
+    monkeypatch.setattr(sys, "argv", ["loop", "ingest", str(path), "--as-of", "2026-02-01T00:00:00+00:00"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    assert "LOOP_PSEUDONYM_KEY is not set" in capsys.readouterr().out
+    assert runner.invoke(app, ["status", "--json"]).exit_code == 0     # reading needs no key
