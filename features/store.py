@@ -34,7 +34,7 @@ from features.spec import ModelSpec
 
 # 1: the first release (no ledger); 2: ingest ledger, rows visible only once their ingest completed.
 SCHEMA_VERSION = 2
-META_FILE = "_loop_store.json"
+LAYOUT_PREFIX = "loop store layout "
 
 
 class StoreError(RuntimeError):
@@ -100,21 +100,26 @@ class EventStore:
         return out
 
     # -- schema version ------------------------------------------------------------------------
-    def _meta_path(self) -> Path:
-        return Path(self.uri.removeprefix("file://")) / META_FILE
-
+    # The layout version is the ledger table's description, so it travels with the store on any
+    # storage delta-rs supports (Delta refuses custom table properties).
     def schema_version(self) -> int | None:
         """The store's layout version; None for an empty store, 1 for a store of the first release."""
-        if _is_local(self.uri) and self._meta_path().exists():
-            return int(json.loads(self._meta_path().read_text())["schema_version"])
+        if self._exists(self.ledger_uri):
+            description = DeltaTable(self.ledger_uri).metadata().description or ""
+            return int(description.removeprefix(LAYOUT_PREFIX)) if description.startswith(LAYOUT_PREFIX) else 1
         if any(self._exists(uri) for uri in self.ingested_tables().values()):
             return 1
         return None
 
     def _mark_version(self, version: int) -> None:
-        if _is_local(self.uri):
-            self._meta_path().parent.mkdir(parents=True, exist_ok=True)
-            self._meta_path().write_text(json.dumps({"schema_version": version}) + "\n")
+        description = f"{LAYOUT_PREFIX}{version}"
+        if self._exists(self.ledger_uri):
+            DeltaTable(self.ledger_uri).alter.set_table_description(description)
+            return
+        if _is_local(self.ledger_uri):
+            Path(self.ledger_uri.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+        DeltaTable.create(self.ledger_uri, schema=empty_frame(LEDGER_SCHEMA).to_arrow().schema, name="ingests",
+                          description=description)
 
     def check_version(self) -> None:
         version = self.schema_version()
@@ -135,6 +140,8 @@ class EventStore:
         """
         self.check_version()
         if not _is_local(self.uri):
+            if self.schema_version() is None:
+                self._mark_version(SCHEMA_VERSION)
             self.recover()
             yield
             return

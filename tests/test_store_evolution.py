@@ -114,7 +114,6 @@ def test_migrate_upgrades_a_store_written_by_the_first_release(tmp_path, specs):
     import shutil
 
     shutil.rmtree(uri / "ingests")
-    (uri / "_loop_store.json").unlink()
     store = EventStore(str(uri), specs)
     assert store.schema_version() == 1
     with pytest.raises(StoreError, match="loop migrate"):
@@ -140,3 +139,12 @@ def test_replay_stores_quarantined_rows_once_the_spec_is_fixed(tmp_path, specs):
     remaining = store.scan_quarantine().collect()
     assert remaining.height == 1 and "score 9 is outside" in remaining["reason"][0]
     assert sorted(store.scan_actions("lead_scoring").collect()["action_id"]) == ["ok", "webinar"]
+
+
+def test_the_store_location_is_a_uri(tmp_path, specs):
+    """file:// goes through the same URI code path that s3:// and other delta-rs stores take."""
+    store = EventStore((tmp_path / "store").as_uri(), specs)
+    report = ingest_paths([_csv(tmp_path / "a.csv", [lead_action("u1")])], store, SimulatedClock(T1), KEY)
+    assert report.actions_stored == 1
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.scan_actions("lead_scoring").collect()["action_id"].to_list() == ["u1"]
