@@ -101,6 +101,29 @@ def quarantine(limit: Annotated[int, typer.Option(help="Show at most this many r
 
 
 @app.command()
+def forget(entity: Annotated[str, typer.Argument(help="The person's raw identifier (e-mail, customer or message id) "
+                                                 "or its pseudonym (pid_...).")]) -> None:
+    """Erase one person: every row in every table, the data files that held them, and derived files."""
+    runtime = _runtime()
+    from features.erasure import forget as erase
+
+    report = erase(runtime.store, entity, runtime.settings.pseudonym_key, runtime.settings.home,
+                   runtime.settings.mlflow_artifact_root)
+    for line in report.lines():
+        console.print(line)
+
+
+@app.command()
+def maintain(as_of: AsOf = None) -> None:
+    """Store maintenance now: drop events past LOOP_RETENTION_MONTHS, compact small files, vacuum old versions."""
+    _runtime()
+    from flows.maintenance import maintenance_flow
+
+    result = maintenance_flow(as_of=_now(as_of))
+    console.print(json.dumps(result, indent=2, default=str))
+
+
+@app.command()
 def migrate() -> None:
     """Upgrade a store written by an older release to this release's layout (safe to run again)."""
     runtime = _runtime()

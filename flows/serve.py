@@ -9,14 +9,17 @@ from prefect.schedules import Cron, Interval
 BERLIN = "Europe/Berlin"
 WEEKLY_MONDAY_0300 = "0 3 * * 1"
 DAILY_0600 = "0 6 * * *"
+DAILY_0430 = "30 4 * * *"
 
 
 def build_deployments(models: list[str]) -> list:
-    """Inbox ingest every 15 minutes, the weekly cycle and per-model retraining Monday 03:00 Berlin, daily monitoring.
+    """Inbox ingest every 15 minutes, the weekly cycle and per-model retraining Monday 03:00 Berlin, daily monitoring,
+    daily store maintenance (retention, compaction, vacuum) at 04:30.
 
     Retraining of one model never overlaps itself (concurrency limit 1 per deployment).
     """
     from flows.ingest import ingest_inbox_flow
+    from flows.maintenance import maintenance_flow
     from flows.monitor import monitor_flow
     from flows.retrain import retrain_flow
     from flows.self_optimise import self_optimise_flow
@@ -25,6 +28,8 @@ def build_deployments(models: list[str]) -> list:
         ingest_inbox_flow.to_deployment(name="inbox-every-15-minutes", schedule=Interval(timedelta(minutes=15))),
         self_optimise_flow.to_deployment(name="weekly-cycle", schedule=Cron(WEEKLY_MONDAY_0300, timezone=BERLIN),
                                          concurrency_limit=1),
+        maintenance_flow.to_deployment(name="store-maintenance-daily", schedule=Cron(DAILY_0430, timezone=BERLIN),
+                                       concurrency_limit=1),
     ]
     for model in models:
         deployments.append(monitor_flow.to_deployment(name=f"monitor-{model}-daily", parameters={"model": model},

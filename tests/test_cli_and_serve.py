@@ -63,7 +63,7 @@ def test_served_deployments_have_the_documented_schedules(specs):
     from flows.serve import build_deployments
 
     deployments = {d.name: d for d in build_deployments(list(specs))}
-    assert set(deployments) == {"inbox-every-15-minutes", "weekly-cycle", "monitor-lead_scoring-daily",
+    assert set(deployments) == {"inbox-every-15-minutes", "weekly-cycle", "store-maintenance-daily", "monitor-lead_scoring-daily",
                                 "monitor-reply_acceptance-daily", "retrain-lead_scoring-weekly",
                                 "retrain-reply_acceptance-weekly"}
     weekly = deployments["retrain-lead_scoring-weekly"].schedules[0].schedule

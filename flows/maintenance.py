@@ -1,0 +1,44 @@
+"""Daily store maintenance: drop events past retention, compact small files, vacuum old versions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from features.clock import resolve_as_of
+from features.maintenance import apply_retention, compact, vacuum
+from flows.runtime import Runtime
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
+def drop_expired(as_of: datetime) -> dict[str, int]:
+    runtime = Runtime.from_env()
+    return apply_retention(runtime.store, as_of, runtime.settings.retention_months)
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
+def compact_tables() -> dict:
+    return compact(Runtime.from_env().store)
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
+def vacuum_tables() -> dict[str, int]:
+    runtime = Runtime.from_env()
+    return vacuum(runtime.store, runtime.settings.vacuum_retention_hours)
+
+
+@flow(name="maintenance")
+def maintenance_flow(as_of: datetime | None = None) -> dict:
+    """Retention first (its deletes leave files for the vacuum), then compaction, then the vacuum."""
+    as_of = resolve_as_of(as_of)
+    expired = drop_expired(as_of)
+    compacted = compact_tables()
+    vacuumed = vacuum_tables()
+    create_table_artifact(key="store-maintenance", table=[
+        {"table": name, "expired_rows": expired.get(name, 0),
+         "files_compacted": compacted.get(name, {}).get("files_removed", 0), "files_vacuumed": vacuumed.get(name, 0)}
+        for name in sorted(set(expired) | set(compacted) | set(vacuumed))])
+    return {"expired": expired, "compacted": compacted, "vacuumed": vacuumed}
