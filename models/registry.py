@@ -40,8 +40,6 @@ class Registry:
         # Models are cloudpickled (skops refuses HistGradientBoosting inside CalibratedClassifierCV); they are only
         # ever loaded from this loop's own registry, so the per-model pickle warning is noise in every run's log.
         logging.getLogger("mlflow.sklearn").setLevel(logging.ERROR)
-        # "Created version N" on every registration: the run's own summary and artifacts say it better.
-        logging.getLogger("mlflow.tracking._model_registry").setLevel(logging.WARNING)
 
         self.settings = settings
         self.mlflow = mlflow
