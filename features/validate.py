@@ -1,8 +1,20 @@
 """Row validation against the contract and the model specs, vectorised in polars.
 
-Every input is first turned into text columns (whatever the file format), then parsed column by
-column; each failed check contributes a readable reason to the row. A row with any reason is
-rejected whole and kept, as received, for the quarantine table. Nothing is dropped silently.
+Every check is a condition on a row and a readable reason. A row with any failed check is
+rejected whole, with the reasons of all its failed checks, and kept as received (JSON) for the
+quarantine table. Nothing is dropped silently.
+
+All file formats are checked as if every value were text (what a CSV holds): a value's reason
+quotes it as ``as_text`` renders it, and a column is parsed from that text. Two things keep this
+fast without changing a result:
+
+* a column that already has the type its checks want (Parquet gives typed columns: numbers,
+  booleans, time-zone-aware timestamps, strings) is used as it is, never rendered to text and
+  parsed back; for these types that round trip is exact, so the typed value is the parsed value
+  (and "is not a number" or "has no time zone" cannot happen). Other types (Float32, naive
+  timestamps, lists, ...) go through text as before;
+* each column is parsed once, every condition is a boolean, and the reason texts are built only
+  for the rows that failed a check (usually few), not for every row.
 """
 
 from __future__ import annotations
@@ -16,10 +28,15 @@ from features.contract import ACTION_SCHEMA, OUTCOME_SCHEMA, feature_schema
 from features.spec import ModelSpec
 
 ROW = "__row"
-RAW = "__raw"
 _TZ_SUFFIX = r"(Z|[+-]\d{2}:?\d{2})$"
+_DATED = r"^\s*\d{4}-\d{2}-\d{2}"
 _TRUE = ["true", "1", "yes", "t", "y"]
 _FALSE = ["false", "0", "no", "f", "n"]
+_HELPER = "__v:"           # prefix of the parsed helper columns (names starting with "__" are never content)
+_INTS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
+_EXACT_INT = 2 ** 53       # integers up to this size are exact as Float64, as their text parses
+# Timestamps with four-digit years (0001-01-01T00:00:00 to 9999-12-31T23:59:59.999999 UTC) round-trip exactly.
+_FIRST_SECOND, _LAST_SECOND = -62_135_596_800, 253_402_300_799
 
 
 class FileRejected(ValueError):
@@ -35,30 +52,30 @@ class Validated:
     duplicates_in_file: int
 
 
+def _text_expr(name: str, dtype: pl.DataType) -> pl.Expr:
+    col = pl.col(name)
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is None:
+            return col.dt.strftime("%Y-%m-%dT%H:%M:%S%.f").alias(name)
+        return col.dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S%.f+00:00").alias(name)
+    if dtype == pl.String:
+        return col
+    if isinstance(dtype, (pl.List, pl.Struct, pl.Array)):
+        # Nested values never fit the contract; keep them readable so the rejection shows them.
+        return pl.struct(col).struct.json_encode().alias(name)
+    return col.cast(pl.String).alias(name)
+
+
 def as_text(df: pl.DataFrame) -> pl.DataFrame:
     """Render every column as text so all file formats go through the same parsing checks.
 
     Time-zone-aware timestamps become ISO strings in UTC; naive ones keep no offset, so the
     "timestamp without time zone" check applies to Parquet as it does to CSV.
     """
-    exprs = []
-    for name, dtype in df.schema.items():
-        col = pl.col(name)
-        if isinstance(dtype, pl.Datetime):
-            if dtype.time_zone is None:
-                exprs.append(col.dt.strftime("%Y-%m-%dT%H:%M:%S%.f").alias(name))
-            else:
-                exprs.append(col.dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S%.f+00:00").alias(name))
-        elif dtype == pl.String:
-            exprs.append(col)
-        elif isinstance(dtype, (pl.List, pl.Struct, pl.Array)):
-            # Nested values never fit the contract; keep them readable so the rejection shows them.
-            exprs.append(pl.struct(col).struct.json_encode().alias(name))
-        else:
-            exprs.append(col.cast(pl.String).alias(name))
-    return df.select(exprs)
+    return df.select([_text_expr(name, dtype) for name, dtype in df.schema.items()])
 
 
+# -- parsing text (the reference semantics every format follows) ---------------------------------
 def _blank(name: str) -> pl.Expr:
     return pl.col(name).is_null() | (pl.col(name).str.strip_chars() == "")
 
@@ -77,85 +94,191 @@ def _parse_time(name: str) -> pl.Expr:
     return text.str.to_datetime(strict=False, time_zone="UTC", time_unit="us")
 
 
-def _time_checks(name: str, now: datetime, required: bool) -> list[pl.Expr]:
-    value = pl.col(name)
-    parsed = _parse_time(name)
-    has_tz = value.str.strip_chars().str.contains(_TZ_SUFFIX)
+# -- columns: typed where the type already fits, text otherwise -----------------------------------
+def _roles(specs: dict[str, ModelSpec]) -> dict[str, set[str]]:
+    """What the checks read each column as: string, number, bool or time."""
+    roles: dict[str, set[str]] = {}
+    for name in ("action_id", "model", "model_version", "entity_id", "decision", "outcome"):
+        roles.setdefault(name, set()).add("string")
+    for name in ("decided_at", "observed_at"):
+        roles.setdefault(name, set()).add("time")
+    for name in ("score", "threshold", "propensity", "revenue"):
+        roles.setdefault(name, set()).add("number")
+    kinds = {"numeric": "number", "boolean": "bool", "categorical": "string"}
+    for spec in specs.values():
+        for feature in spec.features:
+            roles.setdefault(feature.name, set()).add(kinds[feature.type])
+    return roles
+
+
+def _fits(dtype: pl.DataType, role: str) -> bool:
+    if role == "string":
+        return dtype == pl.String
+    if role == "number":
+        return dtype == pl.Float64 or isinstance(dtype, _INTS)
+    if role == "bool":
+        return dtype == pl.Boolean
+    return isinstance(dtype, pl.Datetime) and dtype.time_zone is not None   # time
+
+
+def _keeps_content(dtype: pl.DataType) -> bool:
+    """Types whose values are equal exactly when their texts are (for the duplicate check)."""
+    return (dtype in (pl.String, pl.Boolean, pl.Float64) or isinstance(dtype, _INTS)
+            or isinstance(dtype, pl.Datetime))
+
+
+def _typed_columns(df: pl.DataFrame, roles: dict[str, set[str]]) -> set[str]:
+    """Columns used as they are: their type fits every check that reads them, and every value round-trips."""
+    typed = {name for name, dtype in df.schema.items()
+             if dtype != pl.String and all(_fits(dtype, r) for r in roles.get(name, ()))
+             and (name in roles or _keeps_content(dtype))}
+    checks = {}
+    for name in typed:
+        dtype, col = df.schema[name], pl.col(name)
+        if isinstance(dtype, pl.Datetime) and dtype.time_unit != "ns":     # ns cannot leave years 1677-2262
+            per_second = 1_000 if dtype.time_unit == "ms" else 1_000_000
+            physical = col.to_physical()
+            checks[name] = ((physical.min() >= _FIRST_SECOND * per_second)
+                            & (physical.max() < (_LAST_SECOND + 1) * per_second))
+        elif dtype == pl.Int64:
+            checks[name] = (col.min() >= -_EXACT_INT) & (col.max() <= _EXACT_INT)
+        elif dtype == pl.UInt64:
+            checks[name] = col.max() <= _EXACT_INT
+    if checks and df.height:
+        fine = df.select([expr.alias(name) for name, expr in checks.items()]).row(0, named=True)
+        typed -= {name for name, ok in fine.items() if ok is False}
+    return typed
+
+
+class _Columns:
+    """Parsed views of the columns, each computed once as a helper column of the working frame."""
+
+    def __init__(self, typed: set[str]) -> None:
+        self.typed = typed
+        self.helpers: dict[str, pl.Expr] = {}
+
+    def _helper(self, kind: str, name: str, typed: pl.Expr, text: pl.Expr) -> pl.Expr:
+        key = f"{_HELPER}{kind}:{name}"
+        if key not in self.helpers:
+            self.helpers[key] = (typed if name in self.typed else text).alias(key)
+        return pl.col(key)
+
+    def blank(self, name: str) -> pl.Expr:
+        return self._helper("blank", name, pl.col(name).is_null(), _blank(name))
+
+    def number(self, name: str) -> pl.Expr:
+        return self._helper("number", name, pl.col(name).cast(pl.Float64), _parse_number(name))
+
+    def boolean(self, name: str) -> pl.Expr:
+        return self._helper("bool", name, pl.col(name), _parse_bool(name))
+
+    def time(self, name: str) -> pl.Expr:
+        typed = pl.col(name).dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+        return self._helper("time", name, typed, _parse_time(name))
+
+    def has_time_zone(self, name: str) -> pl.Expr:
+        return self._helper("tz", name, pl.col(name).is_not_null(), pl.col(name).str.strip_chars().str.contains(_TZ_SUFFIX))
+
+    def dated(self, name: str) -> pl.Expr:
+        return self._helper("dated", name, pl.col(name).is_not_null(), pl.col(name).str.contains(_DATED))
+
+
+# A check: (the condition that a row fails it, the reason). The reason may quote values: it is
+# evaluated on the failing rows only, with every column rendered as text.
+Check = tuple[pl.Expr, pl.Expr]
+
+
+def _time_checks(v: _Columns, name: str, now: datetime, required: bool) -> list[Check]:
+    value, blank, parsed = pl.col(name), v.blank(name), v.time(name)
+    has_tz, dated = v.has_time_zone(name), v.dated(name)
     checks = [
-        pl.when(~_blank(name) & ~has_tz & value.str.contains(r"^\s*\d{4}-\d{2}-\d{2}"))
-        .then(pl.format("{} '{}' has no time zone (expected e.g. 2026-01-05T10:00:00+01:00)", pl.lit(name), value)),
-        pl.when(~_blank(name) & has_tz & parsed.is_null())
-        .then(pl.format("{} '{}' is not a timestamp", pl.lit(name), value)),
-        pl.when(~_blank(name) & ~has_tz & ~value.str.contains(r"^\s*\d{4}-\d{2}-\d{2}"))
-        .then(pl.format("{} '{}' is not a timestamp", pl.lit(name), value)),
-        pl.when(parsed > pl.lit(now).cast(pl.Datetime("us", "UTC")))
-        .then(pl.format("{} {} is in the future (now is {})", pl.lit(name), value, pl.lit(now.isoformat()))),
+        (~blank & ~has_tz & dated,
+         pl.format("{} '{}' has no time zone (expected e.g. 2026-01-05T10:00:00+01:00)", pl.lit(name), value)),
+        (~blank & has_tz & parsed.is_null(), pl.format("{} '{}' is not a timestamp", pl.lit(name), value)),
+        (~blank & ~has_tz & ~dated, pl.format("{} '{}' is not a timestamp", pl.lit(name), value)),
+        (parsed > pl.lit(now).cast(pl.Datetime("us", "UTC")),
+         pl.format("{} {} is in the future (now is {})", pl.lit(name), value, pl.lit(now.isoformat()))),
     ]
     if required:
-        checks.append(pl.when(_blank(name)).then(pl.lit(f"{name} is empty")))
+        checks.append((blank, pl.lit(f"{name} is empty")))
     return checks
 
 
-def _probability_checks(name: str) -> list[pl.Expr]:
-    parsed = _parse_number(name)
+def _probability_checks(v: _Columns, name: str) -> list[Check]:
+    blank, parsed = v.blank(name), v.number(name)
     return [
-        pl.when(_blank(name)).then(pl.lit(f"{name} is empty")),
-        pl.when(~_blank(name) & parsed.is_null()).then(pl.format("{} '{}' is not a number", pl.lit(name), pl.col(name))),
-        pl.when((parsed < 0) | (parsed > 1)).then(pl.format("{} {} is outside [0, 1]", pl.lit(name), pl.col(name))),
+        (blank, pl.lit(f"{name} is empty")),
+        (~blank & parsed.is_null(), pl.format("{} '{}' is not a number", pl.lit(name), pl.col(name))),
+        ((parsed < 0) | (parsed > 1), pl.format("{} {} is outside [0, 1]", pl.lit(name), pl.col(name))),
     ]
 
 
-def _feature_checks(spec: ModelSpec, columns: set[str]) -> list[pl.Expr]:
+def _feature_checks(v: _Columns, spec: ModelSpec, columns: set[str]) -> list[Check]:
     of_model = pl.col("model") == spec.name
-    checks: list[pl.Expr] = []
+    checks: list[Check] = []
     for feature in spec.features:
         name = feature.name
         if name not in columns:
-            checks.append(pl.when(of_model).then(pl.lit(f"missing column '{name}' required by model '{spec.name}'")))
+            checks.append((of_model, pl.lit(f"missing column '{name}' required by model '{spec.name}'")))
             continue
-        filled = of_model & ~_blank(name)
+        filled = of_model & ~v.blank(name)
         if feature.type == "numeric":
-            checks.append(pl.when(filled & _parse_number(name).is_null())
-                          .then(pl.format("{} '{}' is not a number", pl.lit(name), pl.col(name))))
+            checks.append((filled & v.number(name).is_null(),
+                           pl.format("{} '{}' is not a number", pl.lit(name), pl.col(name))))
         elif feature.type == "boolean":
-            checks.append(pl.when(filled & _parse_bool(name).is_null())
-                          .then(pl.format("{} '{}' is not a boolean (true/false)", pl.lit(name), pl.col(name))))
+            checks.append((filled & v.boolean(name).is_null(),
+                           pl.format("{} '{}' is not a boolean (true/false)", pl.lit(name), pl.col(name))))
         elif spec.unknown_categories == "reject" and feature.categories:
-            checks.append(pl.when(filled & ~pl.col(name).is_in(list(feature.categories)))
-                          .then(pl.format("{} has unknown category '{}' (spec allows {})", pl.lit(name),
-                                          pl.col(name), pl.lit(", ".join(feature.categories)))))
+            checks.append((filled & ~pl.col(name).is_in(list(feature.categories)),
+                           pl.format("{} has unknown category '{}' (spec allows {})", pl.lit(name),
+                                     pl.col(name), pl.lit(", ".join(feature.categories)))))
     decisions = list(spec.decisions)
-    checks.append(pl.when(of_model & ~_blank("decision") & ~pl.col("decision").is_in(decisions))
-                  .then(pl.format("decision '{}' is not one of {} for {}", pl.col("decision"),
-                                  pl.lit(", ".join(decisions)), pl.lit(spec.name))))
+    checks.append((of_model & ~v.blank("decision") & ~pl.col("decision").is_in(decisions),
+                   pl.format("decision '{}' is not one of {} for {}", pl.col("decision"),
+                             pl.lit(", ".join(decisions)), pl.lit(spec.name))))
     return checks
 
 
-def _outcome_checks(specs: dict[str, ModelSpec], now: datetime, paired: bool) -> list[pl.Expr]:
-    every = sorted({v for s in specs.values() for v in s.outcomes.values})
-    revenue = _parse_number("revenue")
-    checks = _time_checks("observed_at", now, required=not paired)
+def _outcome_checks(v: _Columns, specs: dict[str, ModelSpec], now: datetime, paired: bool) -> list[Check]:
+    every = sorted({value for s in specs.values() for value in s.outcomes.values})
+    checks = _time_checks(v, "observed_at", now, required=not paired)
     if not paired:
-        checks += [pl.when(_blank("action_id")).then(pl.lit("action_id is empty")),
-                   pl.when(_blank("outcome")).then(pl.lit("outcome is empty"))]
+        checks += [(v.blank("action_id"), pl.lit("action_id is empty")),
+                   (v.blank("outcome"), pl.lit("outcome is empty"))]
     else:
-        checks += [pl.when(_blank("outcome") != _blank("observed_at"))
-                   .then(pl.lit("outcome and observed_at must be given together")),
-                   pl.when(_parse_time("observed_at") < _parse_time("decided_at"))
-                   .then(pl.lit("observed_at is before decided_at"))]
+        checks += [(v.blank("outcome") != v.blank("observed_at"), pl.lit("outcome and observed_at must be given together")),
+                   (v.time("observed_at") < v.time("decided_at"), pl.lit("observed_at is before decided_at"))]
+    has_outcome = ~v.blank("outcome")
     known_model = pl.col("model").is_in(list(specs))
-    checks.append(pl.when(~_blank("outcome") & ~known_model & ~pl.col("outcome").is_in(every))
-                  .then(pl.format("unknown outcome '{}' (known: {})", pl.col("outcome"), pl.lit(", ".join(every)))))
+    checks.append((has_outcome & ~known_model & ~pl.col("outcome").is_in(every),
+                   pl.format("unknown outcome '{}' (known: {})", pl.col("outcome"), pl.lit(", ".join(every)))))
     for spec in specs.values():
-        checks.append(pl.when(~_blank("outcome") & (pl.col("model") == spec.name)
-                              & ~pl.col("outcome").is_in(list(spec.outcomes.values)))
-                      .then(pl.format("outcome '{}' is not one of {} for {}", pl.col("outcome"),
-                                      pl.lit(", ".join(spec.outcomes.values)), pl.lit(spec.name))))
+        checks.append((has_outcome & (pl.col("model") == spec.name) & ~pl.col("outcome").is_in(list(spec.outcomes.values)),
+                       pl.format("outcome '{}' is not one of {} for {}", pl.col("outcome"),
+                                 pl.lit(", ".join(spec.outcomes.values)), pl.lit(spec.name))))
+    revenue = v.number("revenue")
     checks += [
-        pl.when(~_blank("revenue") & revenue.is_null()).then(pl.format("revenue '{}' is not a number", pl.col("revenue"))),
-        pl.when(revenue < 0).then(pl.format("revenue {} is negative", pl.col("revenue"))),
+        (~v.blank("revenue") & revenue.is_null(), pl.format("revenue '{}' is not a number", pl.col("revenue"))),
+        (revenue < 0, pl.format("revenue {} is negative", pl.col("revenue"))),
     ]
     return checks
+
+
+def _typed_actions(v: _Columns, spec: ModelSpec) -> list[pl.Expr]:
+    exprs = [
+        pl.col("action_id").str.strip_chars(), pl.col("model"), pl.col("model_version").str.strip_chars(),
+        pl.col("entity_id").str.strip_chars(), v.time("decided_at").alias("decided_at"),
+        v.number("score").alias("score"), v.number("threshold").alias("threshold"),
+        pl.col("decision").str.strip_chars(), v.number("propensity").alias("propensity"),
+    ]
+    for feature, dtype in feature_schema(spec).items():
+        if dtype == pl.Float64:
+            exprs.append(v.number(feature).alias(feature))
+        elif dtype == pl.Boolean:
+            exprs.append(v.boolean(feature).alias(feature))
+        else:
+            exprs.append(pl.col(feature).str.strip_chars().alias(feature))
+    return exprs
 
 
 def validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datetime, first_row_number: int = 1) -> Validated:
@@ -170,81 +293,105 @@ def validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datetime, 
     if not is_actions and not has_outcomes:
         raise FileRejected("neither action columns (decided_at, ...) nor outcome columns (observed_at, outcome) found; "
                            f"columns were: {', '.join(df.columns) or 'none'}")
-    text = as_text(df)
-    text = text.with_columns(pl.struct(df.columns).struct.json_encode().alias(RAW)).with_row_index(ROW, offset=first_row_number)
+    typed = _typed_columns(df, _roles(specs))
     wanted = (set(ACTION_SCHEMA) | {"revenue", "outcome", "observed_at"}) if is_actions else (set(OUTCOME_SCHEMA) | {"model"})
     missing_required = [c for c in (ACTION_SCHEMA if is_actions else ["action_id", "observed_at", "outcome"]) if c not in columns]
-    text = text.with_columns([pl.lit(None, pl.String).alias(c) for c in sorted(wanted - columns)])
+    work = df.select([pl.col(n) if n in typed else _text_expr(n, d) for n, d in df.schema.items()]).with_columns(
+        [pl.lit(None, pl.String).alias(c) for c in sorted(wanted - columns)]).with_row_index(ROW, offset=first_row_number)
 
-    checks: list[pl.Expr] = [pl.lit(f"missing column '{c}'") for c in missing_required]
+    v = _Columns(typed)
+    checks: list[Check] = [(pl.lit(True), pl.lit(f"missing column '{c}'")) for c in missing_required]
     if is_actions:
-        checks += [pl.when(_blank(c)).then(pl.lit(f"{c} is empty")) for c in ("action_id", "model_version", "entity_id", "decision")]
-        checks.append(pl.when(~_blank("model") & ~pl.col("model").is_in(list(specs)))
-                      .then(pl.format("unknown model '{}' (known: {})", pl.col("model"), pl.lit(", ".join(specs)))))
-        checks.append(pl.when(_blank("model")).then(pl.lit("model is empty")))
-        checks += _time_checks("decided_at", now, required=True)
+        checks += [(v.blank(c), pl.lit(f"{c} is empty")) for c in ("action_id", "model_version", "entity_id", "decision")]
+        checks.append((~v.blank("model") & ~pl.col("model").is_in(list(specs)),
+                       pl.format("unknown model '{}' (known: {})", pl.col("model"), pl.lit(", ".join(specs)))))
+        checks.append((v.blank("model"), pl.lit("model is empty")))
+        checks += _time_checks(v, "decided_at", now, required=True)
         for name in ("score", "threshold", "propensity"):
-            checks += _probability_checks(name)
+            checks += _probability_checks(v, name)
         for spec in specs.values():
-            checks += _feature_checks(spec, columns)
+            checks += _feature_checks(v, spec, columns)
         if has_outcomes:
-            checks += _outcome_checks(specs, now, paired=True)
+            checks += _outcome_checks(v, specs, now, paired=True)
     else:
-        checks += _outcome_checks(specs, now, paired=False)
+        checks += _outcome_checks(v, specs, now, paired=False)
+    outputs = {name: _typed_actions(v, spec) for name, spec in specs.items()
+               if is_actions and all(f.name in columns for f in spec.features)}
+    outcome_exprs = [
+        pl.col("action_id").str.strip_chars(), v.time("observed_at").alias("observed_at"),
+        pl.col("outcome").str.strip_chars(), v.number("revenue").alias("revenue"),
+        pl.when(pl.col("model").is_in(list(specs))).then(pl.col("model")).alias("model"),
+    ]
+    has_outcome = ~v.blank("outcome") if has_outcomes else pl.lit(False)
 
-    checked = text.with_columns(pl.concat_str(checks, separator="; ", ignore_nulls=True).alias("__reason"))
-    checked = checked.with_columns(pl.when(pl.col("__reason") == "").then(None).otherwise(pl.col("__reason")).alias("__reason"))
+    # Every condition on every row; reasons only for the rows that failed one. The frame is not
+    # copied row-wise: rows are selected by masks, and only the output columns are filtered.
+    work = work.with_columns(list(v.helpers.values()))
+    failed = work.select(pl.any_horizontal([c for c, _ in checks]).fill_null(False)).to_series()
+    # rechunk: polars 2.1 panics formatting a filtered string column split in many chunks (batched reads)
+    reasons = _reasons(work.filter(failed).rechunk(), checks, typed)
+    good = ~failed
+    cleared = reasons.filter(pl.col("__reason").is_null())  # a failed check whose reason renders as null: not a rejection
+    if cleared.height:
+        good = good.scatter(cleared[ROW] - first_row_number, True)
+    rejected = [reasons.filter(pl.col("__reason").is_not_null())]
 
-    rejected = [checked.filter(pl.col("__reason").is_not_null())]
-    good = checked.filter(pl.col("__reason").is_null())
     duplicates = 0
     actions: dict[str, pl.DataFrame] = {}
     if is_actions:
-        good, conflicts, duplicates = _split_in_file_duplicates(good, specs)
-        rejected.append(conflicts)
-        unique_actions = good.unique(subset="action_id", keep="first", maintain_order=True)
-        for name, spec in specs.items():
-            rows = unique_actions.filter(pl.col("model") == name)
-            if rows.height:
-                actions[name] = _typed_actions(rows, spec)
-    outcome_rows = good.filter(~_blank("outcome")) if has_outcomes else good.clear()
-    outcomes = outcome_rows.select(
-        pl.col("action_id").str.strip_chars(),
-        _parse_time("observed_at").alias("observed_at"),
-        pl.col("outcome").str.strip_chars(),
-        _parse_number("revenue").alias("revenue"),
-        pl.when(pl.col("model").is_in(list(specs))).then(pl.col("model")).alias("model"),
-    ).unique(subset=["action_id", "observed_at", "outcome"], keep="first", maintain_order=True)
-    rejects = pl.concat(rejected).select(pl.col(ROW).cast(pl.Int64).alias("row_number"),
-                                         pl.col("__reason").alias("reason"), pl.col(RAW).alias("raw"))
+        conflicts, duplicates = _in_file_conflicts(work, good, typed)
+        if conflicts.height:
+            rejected.append(conflicts)
+            good = good.scatter(conflicts[ROW] - first_row_number, False)
+        first = (work.select(pl.col("action_id"), pl.col("model"), pl.int_range(pl.len()).alias("__pos")).filter(good)
+                 .filter(pl.col("action_id").is_first_distinct()))
+        for name in specs:
+            positions = first.filter(pl.col("model") == name)["__pos"]
+            if positions.len():
+                keep = pl.zeros(work.height, pl.Boolean, eager=True).scatter(positions, True)
+                actions[name] = work.lazy().filter(keep).select(outputs[name]).collect()
+    outcome_rows = work.lazy().filter(pl.lit(good) & has_outcome) if has_outcomes else work.clear().lazy()
+    outcomes = outcome_rows.select(outcome_exprs).collect().unique(
+        subset=["action_id", "observed_at", "outcome"], keep="first", maintain_order=True)
+    rejects = pl.concat(rejected).select(pl.col(ROW).cast(pl.Int64).alias("row_number"), pl.col("__reason").alias("reason"))
+    positions = (rejects["row_number"] - first_row_number).cast(pl.UInt64)
+    raw = as_text(df.select(pl.all().gather(positions))).select(pl.struct(df.columns).struct.json_encode().alias("raw"))
+    rejects = pl.concat([rejects, raw], how="horizontal")
     return Validated(actions, outcomes, rejects.sort("row_number"), df.height, duplicates)
 
 
-def _typed_actions(rows: pl.DataFrame, spec: ModelSpec) -> pl.DataFrame:
-    exprs = [
-        pl.col("action_id").str.strip_chars(), pl.col("model"), pl.col("model_version").str.strip_chars(),
-        pl.col("entity_id").str.strip_chars(), _parse_time("decided_at").alias("decided_at"),
-        _parse_number("score").alias("score"), _parse_number("threshold").alias("threshold"),
-        pl.col("decision").str.strip_chars(), _parse_number("propensity").alias("propensity"),
-    ]
-    for feature, dtype in feature_schema(spec).items():
-        if dtype == pl.Float64:
-            exprs.append(_parse_number(feature).alias(feature))
-        elif dtype == pl.Boolean:
-            exprs.append(_parse_bool(feature).alias(feature))
-        else:
-            exprs.append(pl.col(feature).str.strip_chars().alias(feature))
-    return rows.select(exprs)
+def _reasons(suspects: pl.DataFrame, checks: list[Check], typed: set[str]) -> pl.DataFrame:
+    """ROW and the reasons of the rows that failed a check, quoting values as ``as_text`` renders them."""
+    texts = suspects.with_columns([_text_expr(n, suspects.schema[n]) for n in typed])
+    reason = pl.concat_str([pl.when(c).then(m) for c, m in checks], separator="; ", ignore_nulls=True)
+    return texts.select(pl.col(ROW), pl.when(reason != "").then(reason).alias("__reason"))
 
 
-def _split_in_file_duplicates(good: pl.DataFrame, specs: dict[str, ModelSpec]) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """Identical repeats of an action are duplicates (kept once); differing repeats are all rejected."""
-    content = [c for c in good.columns if not c.startswith("__") and c not in ("outcome", "observed_at", "revenue")]
-    keyed = good.with_columns(pl.struct(content).hash().alias("__content"))
-    variants = pl.col("__content").n_unique().over("action_id")
-    conflicts = keyed.filter(variants > 1).with_columns(
-        pl.format("duplicate action_id '{}' with conflicting content in the same file", pl.col("action_id")).alias("__reason"))
-    clean = keyed.filter(variants == 1)
+def _in_file_conflicts(work: pl.DataFrame, good: pl.Series, typed: set[str]) -> tuple[pl.DataFrame, int]:
+    """Identical repeats of an action are duplicates (kept once); differing repeats are all rejected.
+
+    Returns the rejected repeats (ROW, reason) and the number of duplicates. Only rows whose
+    action_id repeats among the good rows are compared. Content is compared as text: a typed
+    column compares by value, the same for the types kept typed except 0.0 and -0.0 (texts "0.0"
+    and "-0.0"), told apart by the sign of 1/x.
+    """
+    ids = work.select(pl.col("action_id"), pl.int_range(pl.len()).alias("__pos")).filter(good)
+    repeated = ids.filter(pl.col("action_id").is_duplicated())["__pos"]
+    if repeated.is_empty():
+        return pl.DataFrame(schema={ROW: work.schema[ROW], "__reason": pl.String}), 0
+    rows = work.select(pl.all().gather(repeated)).rechunk()
+    content = []
+    for c in rows.columns:
+        if c.startswith("__") or c in ("outcome", "observed_at", "revenue"):
+            continue
+        content.append(pl.col(c))
+        if c in typed and rows.schema[c] == pl.Float64:
+            content.append(pl.when(pl.col(c) == 0).then(1.0 / pl.col(c)).alias(f"{c}\0sign"))
+    variants = pl.struct(content).hash().n_unique().over("action_id")
+    keyed = rows.with_columns(variants.alias("__variants"))
+    conflicts = keyed.filter(pl.col("__variants") > 1).select(
+        ROW, pl.format("duplicate action_id '{}' with conflicting content in the same file", pl.col("action_id")).alias("__reason"))
+    clean = keyed.filter(pl.col("__variants") == 1)
     # A paired file may repeat an action with several outcomes: keep every outcome, count repeats of the action.
     duplicates = clean.height - clean.select(pl.col("action_id").n_unique()).item() if clean.height else 0
-    return clean.drop("__content"), conflicts.drop("__content"), duplicates
+    return conflicts, duplicates
