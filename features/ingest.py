@@ -153,6 +153,10 @@ def _store_batch(batch: pl.DataFrame, first_row: int, source: str, digest: str, 
                  key: bytes, ingest_id: str, report: IngestReport) -> list[pl.DataFrame]:
     """Validate and store one batch; returns its rejected rows (quarantine is written once per file)."""
     now = clock.now()
+    if "entity_id" in batch.columns:
+        # First thing, before validation: then no raw identifier reaches any table, the quarantine's
+        # copy of a rejected row included (its replay passes pseudonyms through unchanged).
+        batch = batch.with_columns(pseudonymise(batch.get_column("entity_id").cast(pl.String), key).alias("entity_id"))
     validated = validate_rows(batch, store.specs, now, first_row)
     report.rows_read += validated.rows_read
     report.duplicates += validated.duplicates_in_file
@@ -160,7 +164,6 @@ def _store_batch(batch: pl.DataFrame, first_row: int, source: str, digest: str, 
                   pl.lit(source).alias("source_file")]
     rejected = [validated.rejected]
     for model, rows in validated.actions.items():
-        rows = rows.with_columns(pseudonymise(rows["entity_id"], key).alias("entity_id"))
         new, conflicting, duplicates = _conflicts_with_store(store, model, rows)
         report.duplicates += duplicates
         if conflicting.height:

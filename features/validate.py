@@ -90,8 +90,15 @@ def _parse_bool(name: str) -> pl.Expr:
 
 
 def _parse_time(name: str) -> pl.Expr:
-    text = pl.col(name).str.strip_chars().str.replace(r"Z$", "+00:00").str.replace(" ", "T")
-    return text.str.to_datetime(strict=False, time_zone="UTC", time_unit="us")
+    """ISO timestamps with an offset, in one explicit format after normalising the variants.
+
+    An explicit format parses every row on its own; with an inferred one polars picks the format
+    from the first parsable value, so one naive timestamp at the top of a batch failed them all.
+    """
+    text = (pl.col(name).str.strip_chars().str.replace(r"Z$", "+00:00").str.replace(" ", "T")
+            .str.replace(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2})([+-])", "${1}:00${2}")     # no seconds
+            .str.replace(r"([+-]\d{2})(\d{2})$", "${1}:${2}"))                           # +0100 -> +01:00
+    return text.str.to_datetime(format="%Y-%m-%dT%H:%M:%S%.f%:z", strict=False, time_zone="UTC", time_unit="us")
 
 
 # -- columns: typed where the type already fits, text otherwise -----------------------------------

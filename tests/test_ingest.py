@@ -58,8 +58,9 @@ def test_each_kind_of_bad_row_is_quarantined_with_its_reason_and_none_is_lost(tm
     assert quarantined["row_number"].to_list() == list(range(2 + len(good), 2 + len(good) + len(bad)))
     for (overrides, phrase), row, reason, raw in zip(BAD_ROWS, bad, quarantined["reason"], quarantined["raw"], strict=True):
         assert phrase in reason, (overrides, reason)
-        # The row is kept exactly as received, so it can be fixed and replayed.
-        assert {k: (v if v is not None else "") for k, v in json.loads(raw).items()} == row
+        # The row is kept as received, so it can be fixed and replayed; only the identifier is pseudonymised.
+        expected = row | {"entity_id": pseudonymise(pl.Series([row["entity_id"]]), KEY)[0]}
+        assert {k: (v if v is not None else "") for k, v in json.loads(raw).items()} == expected
     assert set(quarantined["source_file"]) == {str(path)}
 
 
@@ -160,3 +161,21 @@ def test_paired_rows_store_the_action_once_and_every_outcome(tmp_path, store):
     outcomes = store.scan_outcomes().sort("observed_at").collect()
     assert outcomes["outcome"].to_list() == ["lost", "converted"] and outcomes["revenue"].to_list() == [None, 3100.0]
     assert "observed_at is before decided_at" in store.scan_quarantine().collect()["reason"][0]
+
+
+def test_one_naive_timestamp_rejects_only_its_own_row_wherever_it_stands(tmp_path, store):
+    rows = [lead_action("naive", decided_at="2026-01-06T10:00:00"), lead_action("colon", decided_at="2026-01-06T10:00:00+01:00"),
+            lead_action("compact", decided_at="2026-01-06T10:00+0100"), lead_action("zulu", decided_at="2026-01-06 09:00:00Z")]
+    report = ingest_paths([_write_csv(tmp_path / "t.csv", rows)], store, SimulatedClock(NOW), KEY)
+    assert (report.actions_stored, report.quarantined) == (3, 1)
+    stored = store.scan_actions("lead_scoring").collect()
+    assert set(stored["decided_at"].dt.to_string("%H:%M")) == {"09:00"}     # every variant is the same instant in UTC
+
+
+def test_a_rejected_row_is_kept_with_its_pseudonym_not_the_raw_identifier(tmp_path, store):
+    path = _write_csv(tmp_path / "a.csv", [lead_action("bad", entity_id="anna.schmidt@kunde.de", score="3")])
+    ingest_paths([path], store, SimulatedClock(NOW), KEY)
+    raw = json.loads(store.scan_quarantine().collect()["raw"][0])
+    assert raw["entity_id"] == pseudonymise(pl.Series(["anna.schmidt@kunde.de"]), KEY)[0]
+    stored_bytes = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
+    assert b"anna.schmidt" not in stored_bytes

@@ -69,8 +69,12 @@ def _ref_parse_bool(name: str) -> pl.Expr:
 
 
 def _ref_parse_time(name: str) -> pl.Expr:
-    text = pl.col(name).str.strip_chars().str.replace(r"Z$", "+00:00").str.replace(" ", "T")
-    return text.str.to_datetime(strict=False, time_zone="UTC", time_unit="us")
+    # The one intended change from the copied implementation: an explicit format, so a naive
+    # timestamp at the top of a batch no longer makes polars reject every row after it.
+    text = (pl.col(name).str.strip_chars().str.replace(r"Z$", "+00:00").str.replace(" ", "T")
+            .str.replace(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2})([+-])", "${1}:00${2}")
+            .str.replace(r"([+-]\d{2})(\d{2})$", "${1}:${2}"))
+    return text.str.to_datetime(format="%Y-%m-%dT%H:%M:%S%.f%:z", strict=False, time_zone="UTC", time_unit="us")
 
 
 def _ref_time_checks(name: str, now: datetime, required: bool) -> list[pl.Expr]:
