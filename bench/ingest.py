@@ -265,7 +265,7 @@ class StageTimer:
 
     MODULE_FUNCS = ["_file_digest_and_check", "read_events", "read_batches", "validate_rows", "pseudonymise",
                     "_conflicts_with_store"]
-    STORE_METHODS = ["insert_actions", "insert_outcomes", "insert_quarantine", "record_ingest", "recover"]
+    STORE_METHODS = ["append_actions", "insert_outcomes", "insert_quarantine", "record_ingest", "recover"]
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}

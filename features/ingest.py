@@ -117,7 +117,7 @@ def read_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[tuple[pl.
         for batch in lazy.collect_batches(chunk_size=batch_rows):
             if batch.height:
                 empty = False
-                yield batch, first
+                yield batch.rechunk(), first
                 first += batch.height
         if empty:
             raise FileRejected("header only, no rows")
@@ -127,30 +127,55 @@ def read_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[tuple[pl.
         raise FileRejected(f"cannot parse as {kind}: {exc}") from None
 
 
-def _conflicts_with_store(store: EventStore, model: str, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+class KnownActions:
+    """Action ids already stored, per model: read once per ingest, then kept up to date as it appends.
+
+    Reading 10M ids once is cheap; reading every content column of the stored table for each batch
+    is not. Content is only read back for the few ids that repeat.
+    """
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self._ids: dict[str, list[pl.DataFrame]] = {}
+
+    def ids(self, model: str) -> pl.DataFrame:
+        if model not in self._ids:
+            self._ids[model] = [self.store.scan_all_actions(model).select("action_id").collect()]
+        return pl.concat(self._ids[model], rechunk=False)
+
+    def add(self, model: str, ids: pl.Series) -> None:
+        self.ids(model)
+        self._ids[model].append(ids.to_frame("action_id"))
+
+    def models_of(self, action_ids: pl.DataFrame) -> pl.DataFrame:
+        """action_id -> model for the given ids that are stored."""
+        return pl.concat([self.ids(model).join(action_ids, on="action_id", how="semi").with_columns(model=pl.lit(model))
+                          for model in self.store.specs])
+
+
+def _conflicts_with_store(store: EventStore, model: str, rows: pl.DataFrame,
+                          known: KnownActions) -> tuple[pl.DataFrame, pl.DataFrame, int]:
     """Split rows into new ones, conflicting ones (same action_id, other content) and exact duplicates.
 
     Compares with every stored row, including this ingest's earlier batches (the writer holds the lock).
     """
+    repeated_ids = rows.select("action_id").join(known.ids(model), on="action_id", how="semi").unique()
+    if repeated_ids.is_empty():
+        return rows, rows.clear(), 0
     table = store.scan_all_actions(model)
     # A column the spec gained is not in the table yet: stored rows cannot conflict on it.
     present = set(table.collect_schema().names())
     content = [c for c in list(ACTION_SCHEMA) + list(feature_schema(store.specs[model])) if c in present]
-    stored = (table.select(content)
-              .join(rows.lazy().select("action_id"), on="action_id", how="semi").collect())
-    if stored.is_empty():
-        return rows, rows.clear(), 0
-    compared = rows.join(stored, on="action_id", how="left", suffix="__stored")
+    stored = table.select(content).filter(pl.col("action_id").is_in(repeated_ids.get_column("action_id").implode())).collect()
+    repeated = rows.join(repeated_ids, on="action_id", how="semi")
+    compared = repeated.join(stored, on="action_id", how="inner", suffix="__stored")
     differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}__stored")) for c in content if c != "action_id"])
-    seen = pl.col("model__stored").is_not_null()
-    new = compared.filter(~seen).select(rows.columns)
-    conflicting = compared.filter(seen & differs).select(rows.columns)
-    duplicates = compared.filter(seen & ~differs).height
-    return new, conflicting, duplicates
+    conflicting = compared.filter(differs).select(rows.columns)
+    return rows.join(repeated_ids, on="action_id", how="anti"), conflicting, compared.height - conflicting.height
 
 
-def _store_batch(batch: pl.DataFrame, first_row: int, source: str, digest: str, store: EventStore, clock: Clock,
-                 key: bytes, ingest_id: str, report: IngestReport) -> list[pl.DataFrame]:
+def _store_batch(batch: pl.DataFrame, first_row: int, source: str, store: EventStore, clock: Clock,
+                 key: bytes, ingest_id: str, report: IngestReport, known: KnownActions) -> list[pl.DataFrame]:
     """Validate and store one batch; returns its rejected rows (quarantine is written once per file)."""
     now = clock.now()
     if "entity_id" in batch.columns:
@@ -164,21 +189,22 @@ def _store_batch(batch: pl.DataFrame, first_row: int, source: str, digest: str, 
                   pl.lit(source).alias("source_file")]
     rejected = [validated.rejected]
     for model, rows in validated.actions.items():
-        new, conflicting, duplicates = _conflicts_with_store(store, model, rows)
+        new, conflicting, duplicates = _conflicts_with_store(store, model, rows, known)
         report.duplicates += duplicates
         if conflicting.height:
             rejected.append(conflicting.select(
                 pl.lit(None, pl.Int64).alias("row_number"),
                 pl.format("duplicate action_id '{}' with conflicting content already stored", pl.col("action_id")).alias("reason"),
                 pl.struct(pl.all()).struct.json_encode().alias("raw")))
-        report.actions_stored += store.insert_actions(model, new.with_columns(provenance))
+        report.actions_stored += store.append_actions(model, new.with_columns(provenance))
+        known.add(model, new.get_column("action_id"))
     crash_point("actions")
     outcomes = validated.outcomes
-    if outcomes.height:
-        known = pl.concat([store.scan_all_actions(m).select("action_id", "model") for m in store.specs]).join(
-            outcomes.lazy().select("action_id"), on="action_id", how="semi").collect()
-        outcomes = (outcomes.join(known, on="action_id", how="left", suffix="__known")
+    if outcomes.height and outcomes.get_column("model").null_count():   # paired rows know their model already
+        models = known.models_of(outcomes.filter(pl.col("model").is_null()).select("action_id"))
+        outcomes = (outcomes.join(models, on="action_id", how="left", suffix="__known")
                     .with_columns(pl.coalesce("model", "model__known").alias("model")).drop("model__known"))
+    if outcomes.height:
         inserted = store.insert_outcomes(outcomes.with_columns(provenance))
         report.outcomes_stored += inserted
         report.duplicates += outcomes.height - inserted
@@ -212,9 +238,10 @@ def ingest_file(path: Path, store: EventStore, clock: Clock, key: bytes) -> Inge
     store.record_ingest(ingest_id, "started", clock.now(), source, {})
     crash_point("started")
     rejected: list[pl.DataFrame] = []
+    known = KnownActions(store)
     try:
         for batch, first_row in _chain(first_batch, batches):
-            rejected += _store_batch(batch, first_row, source, digest, store, clock, key, ingest_id, report)
+            rejected += _store_batch(batch, first_row, source, store, clock, key, ingest_id, report, known)
     except (FileRejected, SchemaConflict) as exc:
         # Unreadable later batch, or a column whose type changed: the ledger never completes this
         # ingest, so nothing of it becomes visible, and the next writer removes what it wrote.
@@ -278,7 +305,8 @@ def replay_quarantine(store: EventStore, clock: Clock, key: bytes) -> IngestRepo
             ingest_id = uuid.uuid4().hex[:16]
             store.record_ingest(ingest_id, "started", clock.now(), f"replay:{source}", {})
             report = IngestReport(files=1)
-            still_bad = pl.concat(_store_batch(frame, 1, f"replay:{source}", "", store, clock, key, ingest_id, report))
+            still_bad = pl.concat(_store_batch(frame, 1, f"replay:{source}", store, clock, key, ingest_id, report,
+                                               KnownActions(store)))
             # Rows still rejected keep their quarantine entry; the others are removed from quarantine.
             keep = set(still_bad["raw"].to_list()) if still_bad.height else set()
             fixed = rows.filter(~pl.col("raw").is_in(list(keep)))

@@ -168,37 +168,49 @@ class EventStore:
                 raise SchemaConflict(f"column '{name}' is {stored[name]} in the store ({uri}) but {dtype} in the new "
                                      "rows: a type change is refused, not coerced (add a new column instead)")
 
-    def _insert_new(self, uri: str, rows: pl.DataFrame, key: list[str]) -> int:
-        """Insert rows whose key is not yet in the table; returns how many were inserted.
-
-        Writers hold the store's lock, so nothing can add keys between the check and the write: the
-        new rows are found by an anti-join on the key columns and appended, which is far cheaper
-        than a Delta merge (a join against the whole table inside delta-rs). New columns (a spec
-        gained an optional feature) are added to the table, old rows read them as null; columns the
-        rows lack (a feature removed from the spec) stay in the table.
-        """
-        rows = rows.unique(subset=key, keep="first", maintain_order=True)
-        if rows.is_empty():
-            return 0
+    def _append_checked(self, uri: str, rows: pl.DataFrame) -> None:
         if not self._exists(uri):
             if _is_local(uri):
                 Path(uri).mkdir(parents=True, exist_ok=True)
             rows.write_delta(uri, mode="append")
-            return rows.height
+            return
         self._check_types(uri, rows)
-        existing = pl.scan_delta(uri).select(key).join(rows.lazy().select(key), on=key, how="semi")
-        new = rows.join(existing.collect(), on=key, how="anti")
-        if new.height:
-            new.write_delta(uri, mode="append", delta_write_options={"schema_mode": "merge"})
-        return new.height
+        rows.write_delta(uri, mode="append", delta_write_options={"schema_mode": "merge"})
 
-    def insert_actions(self, model: str, rows: pl.DataFrame) -> int:
+    def _insert_new(self, uri: str, rows: pl.DataFrame, key: list[str], time_column: str | None = None) -> int:
+        """Insert rows whose key is not yet in the table; returns how many were inserted.
+
+        Writers hold the store's lock, so nothing can add keys between the check and the write: the
+        new rows are found by an anti-join on the key columns and appended, which is far cheaper
+        than a Delta merge (a join against the whole table inside delta-rs). When the key includes
+        a time column, only stored rows in the batch's time range are read. New columns (a spec
+        gained an optional feature) are added to the table, old rows read them as null; columns
+        the rows lack (a feature removed from the spec) stay in the table.
+        """
+        rows = rows.unique(subset=key, keep="first", maintain_order=True)
+        if rows.is_empty():
+            return 0
+        if self._exists(uri):
+            stored = pl.scan_delta(uri)
+            if time_column:
+                low, high = rows.get_column(time_column).min(), rows.get_column(time_column).max()
+                stored = stored.filter(pl.col(time_column).is_between(low, high))
+            existing = stored.select(key).join(rows.lazy().select(key), on=key, how="semi").collect()
+            rows = rows.join(existing, on=key, how="anti")
+        if rows.height:
+            self._append_checked(uri, rows)
+        return rows.height
+
+    def append_actions(self, model: str, rows: pl.DataFrame) -> int:
+        """Append action rows the writer has already checked are new (it holds the lock)."""
         schema = action_table_schema(self.specs[model])
-        return self._insert_new(self.actions_uri(model), rows.select(list(schema)).cast(schema), ["action_id"])
+        if rows.height:
+            self._append_checked(self.actions_uri(model), rows.select(list(schema)).cast(schema))
+        return rows.height
 
     def insert_outcomes(self, rows: pl.DataFrame) -> int:
         schema = outcome_table_schema()
-        return self._insert_new(self.outcomes_uri, rows.select(list(schema)).cast(schema), OUTCOME_KEY)
+        return self._insert_new(self.outcomes_uri, rows.select(list(schema)).cast(schema), OUTCOME_KEY, "observed_at")
 
     def insert_quarantine(self, rows: pl.DataFrame) -> int:
         return self._insert_new(self.quarantine_uri, rows.select(list(QUARANTINE_SCHEMA)).cast(QUARANTINE_SCHEMA),
