@@ -29,7 +29,8 @@ from features.store import EventStore, SchemaConflict, StoreError
 from features.validate import FileRejected, validate_rows
 
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-BATCH_ROWS = 500_000
+# Rows per batch when reading a file: memory grows with it (polars reads a few batches ahead).
+BATCH_ROWS = int(os.environ.get("LOOP_INGEST_BATCH_ROWS", "200000"))
 _READ_CHUNK = 16 * 1024 * 1024
 
 
@@ -130,27 +131,40 @@ def read_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[tuple[pl.
 class KnownActions:
     """Action ids already stored, per model: read once per ingest, then kept up to date as it appends.
 
-    Reading 10M ids once is cheap; reading every content column of the stored table for each batch
-    is not. Content is only read back for the few ids that repeat.
+    Held as 64-bit hashes of the ids (this process only), because joining 500k ids against 10M
+    strings per batch cost more than everything else in the check. A hash match only makes a row
+    a candidate; the real action_id decides, so a collision costs one lookup, never a lost row.
     """
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
-        self._ids: dict[str, list[pl.DataFrame]] = {}
+        self._hashes: dict[str, list[pl.Series]] = {}
 
-    def ids(self, model: str) -> pl.DataFrame:
-        if model not in self._ids:
-            self._ids[model] = [self.store.scan_all_actions(model).select("action_id").collect()]
-        return pl.concat(self._ids[model], rechunk=False)
+    def _of(self, model: str) -> list[pl.Series]:
+        if model not in self._hashes:
+            ids = self.store.scan_all_actions(model).select(pl.col("action_id").hash().alias("h")).collect()
+            self._hashes[model] = [ids.get_column("h")]
+        return self._hashes[model]
 
-    def add(self, model: str, ids: pl.Series) -> None:
-        self.ids(model)
-        self._ids[model].append(ids.to_frame("action_id"))
+    def candidates(self, model: str, action_ids: pl.Series) -> pl.Series:
+        """The given ids that may be stored already (all stored ones are among them)."""
+        known = pl.concat(self._of(model), rechunk=False).to_frame("h")
+        probe = action_ids.to_frame("action_id").with_columns(pl.col("action_id").hash().alias("h"))
+        return probe.join(known, on="h", how="semi").get_column("action_id").unique()
 
-    def models_of(self, action_ids: pl.DataFrame) -> pl.DataFrame:
+    def add(self, model: str, action_ids: pl.Series) -> None:
+        self._of(model).append(action_ids.hash())
+
+    def models_of(self, action_ids: pl.Series) -> pl.DataFrame:
         """action_id -> model for the given ids that are stored."""
-        return pl.concat([self.ids(model).join(action_ids, on="action_id", how="semi").with_columns(model=pl.lit(model))
-                          for model in self.store.specs])
+        found = []
+        for model in self.store.specs:
+            maybe = self.candidates(model, action_ids)
+            if maybe.len():
+                stored = (self.store.scan_all_actions(model).select("action_id")
+                          .filter(pl.col("action_id").is_in(maybe.implode())).collect())
+                found.append(stored.with_columns(model=pl.lit(model)))
+        return pl.concat(found) if found else pl.DataFrame(schema={"action_id": pl.String, "model": pl.String})
 
 
 def _conflicts_with_store(store: EventStore, model: str, rows: pl.DataFrame,
@@ -159,19 +173,19 @@ def _conflicts_with_store(store: EventStore, model: str, rows: pl.DataFrame,
 
     Compares with every stored row, including this ingest's earlier batches (the writer holds the lock).
     """
-    repeated_ids = rows.select("action_id").join(known.ids(model), on="action_id", how="semi").unique()
-    if repeated_ids.is_empty():
+    maybe = known.candidates(model, rows.get_column("action_id"))
+    if maybe.is_empty():
         return rows, rows.clear(), 0
     table = store.scan_all_actions(model)
     # A column the spec gained is not in the table yet: stored rows cannot conflict on it.
     present = set(table.collect_schema().names())
     content = [c for c in list(ACTION_SCHEMA) + list(feature_schema(store.specs[model])) if c in present]
-    stored = table.select(content).filter(pl.col("action_id").is_in(repeated_ids.get_column("action_id").implode())).collect()
-    repeated = rows.join(repeated_ids, on="action_id", how="semi")
-    compared = repeated.join(stored, on="action_id", how="inner", suffix="__stored")
+    stored = table.select(content).filter(pl.col("action_id").is_in(maybe.implode())).collect()
+    compared = rows.join(stored, on="action_id", how="inner", suffix="__stored")
     differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}__stored")) for c in content if c != "action_id"])
     conflicting = compared.filter(differs).select(rows.columns)
-    return rows.join(repeated_ids, on="action_id", how="anti"), conflicting, compared.height - conflicting.height
+    new = rows.join(stored.select("action_id"), on="action_id", how="anti")
+    return new, conflicting, compared.height - conflicting.height
 
 
 def _store_batch(batch: pl.DataFrame, first_row: int, source: str, store: EventStore, clock: Clock,
@@ -201,7 +215,7 @@ def _store_batch(batch: pl.DataFrame, first_row: int, source: str, store: EventS
     crash_point("actions")
     outcomes = validated.outcomes
     if outcomes.height and outcomes.get_column("model").null_count():   # paired rows know their model already
-        models = known.models_of(outcomes.filter(pl.col("model").is_null()).select("action_id"))
+        models = known.models_of(outcomes.filter(pl.col("model").is_null()).get_column("action_id"))
         outcomes = (outcomes.join(models, on="action_id", how="left", suffix="__known")
                     .with_columns(pl.coalesce("model", "model__known").alias("model")).drop("model__known"))
     if outcomes.height:
