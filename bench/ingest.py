@@ -266,6 +266,7 @@ class StageTimer:
     MODULE_FUNCS = ["_file_digest_and_check", "read_events", "read_batches", "validate_rows", "pseudonymise",
                     "_conflicts_with_store"]
     STORE_METHODS = ["append_actions", "insert_outcomes", "insert_quarantine", "record_ingest", "recover"]
+    CACHE_METHODS = [("KnownActions", "candidates", "known_action_ids")]
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -311,6 +312,9 @@ class StageTimer:
             self._wrap(ingest, name, name.strip("_"))
         for name in self.STORE_METHODS:
             self._wrap(EventStore, name, name)
+        for owner, name, label in self.CACHE_METHODS:
+            if hasattr(ingest, owner):
+                self._wrap(getattr(ingest, owner), name, label)
         return self
 
     def __exit__(self, *exc) -> None:

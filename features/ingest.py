@@ -148,9 +148,10 @@ class KnownActions:
 
     def candidates(self, model: str, action_ids: pl.Series) -> pl.Series:
         """The given ids that may be stored already (all stored ones are among them)."""
-        known = pl.concat(self._of(model), rechunk=False).to_frame("h")
         probe = action_ids.to_frame("action_id").with_columns(pl.col("action_id").hash().alias("h"))
-        return probe.join(known, on="h", how="semi").get_column("action_id").unique()
+        # Build the join's hash table on the batch and stream the stored hashes past it, not the reverse.
+        hits = pl.concat(self._of(model), rechunk=False).to_frame("h").join(probe.select("h"), on="h", how="semi")
+        return probe.filter(pl.col("h").is_in(hits.get_column("h").implode())).get_column("action_id").unique()
 
     def add(self, model: str, action_ids: pl.Series) -> None:
         self._of(model).append(action_ids.hash())
