@@ -98,8 +98,9 @@ def _file_digest_and_check(path: Path, text: bool) -> str:
     return digest.hexdigest()[:16]
 
 
-def read_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[tuple[pl.DataFrame, int]]:
+def read_batches(path: Path, batch_rows: int | None = None) -> Iterator[tuple[pl.DataFrame, int]]:
     """Yield (rows, number of the first row in the file) batch by batch."""
+    batch_rows = batch_rows or BATCH_ROWS
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise FileRejected(f"unsupported file type '{path.suffix}' (use .csv, .parquet or .jsonl)")

@@ -179,3 +179,27 @@ def test_a_rejected_row_is_kept_with_its_pseudonym_not_the_raw_identifier(tmp_pa
     assert raw["entity_id"] == pseudonymise(pl.Series(["anna.schmidt@kunde.de"]), KEY)[0]
     stored_bytes = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
     assert b"anna.schmidt" not in stored_bytes
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_repeats_across_batches_and_against_the_store_are_told_apart(tmp_path, store, monkeypatch, suffix):
+    import features.ingest
+
+    ingest_paths([_write_csv(tmp_path / "first.csv", [lead_action("s1"), lead_action("s2")])], store, SimulatedClock(NOW), KEY)
+    monkeypatch.setattr(features.ingest, "BATCH_ROWS", 3)      # several batches from a small file
+    rows = [lead_action(f"a{i}") for i in range(1, 6)] + [
+        lead_action("a2"),                  # same as in an earlier batch: a duplicate
+        lead_action("a3", score="0.9"),     # differs from an earlier batch: a conflict
+        lead_action("s1"),                  # same as stored: a duplicate
+        lead_action("s2", score="0.8"),     # differs from stored: a conflict
+    ]
+    frame = pl.DataFrame(rows)
+    path = tmp_path / f"second.{suffix}"
+    frame.write_csv(path) if suffix == "csv" else frame.write_parquet(path)
+    report = ingest_paths([path], store, SimulatedClock(NOW), KEY)
+    assert (report.actions_stored, report.duplicates, report.quarantined) == (5, 2, 2)
+    reasons = store.scan_quarantine().collect()["reason"].to_list()
+    assert sorted(r.split("'")[1] for r in reasons) == ["a3", "s2"] and all("conflicting content" in r for r in reasons)
+    stored = store.scan_actions("lead_scoring").collect()
+    assert stored.height == stored["action_id"].n_unique() == 7
+    assert stored.filter(pl.col("action_id") == "a3")["score"].to_list() == [0.4]
