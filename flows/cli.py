@@ -1,7 +1,7 @@
 """`loop`: the command line of the self-optimising feedback loop.
 
 Exit codes: 0 success; 1 error (bad input, unknown model, failed run); 3 ingest finished but
-rejected rows or files (they are in quarantine / failed); 4 a demo check failed.
+rejected rows or files (they are in quarantine / failed); 4 a check failed (demo, reproduce).
 """
 
 from __future__ import annotations
@@ -98,6 +98,22 @@ def quarantine(limit: Annotated[int, typer.Option(help="Show at most this many r
         return
     with pl.Config(fmt_str_lengths=120, tbl_width_chars=200, tbl_rows=limit):
         console.print(rows.select("source_file", "row_number", "reason"))
+
+
+@app.command()
+def reproduce(model: Annotated[str, typer.Argument(help="Model name.")],
+              run_id: Annotated[str, typer.Argument(help="MLflow run id of a training run.")]) -> None:
+    """Rebuild a training run's data from the store, retrain with its spec and seed, and compare (exit 4 if it differs)."""
+    runtime = _runtime()
+    from models.reproduce import reproduce_run
+
+    again = reproduce_run(runtime.registry, runtime.store, runtime.spec(model), run_id)
+    console.print(again.rebuild.explain())
+    for name, (logged, now) in again.differences().items():
+        console.print(f"  {name}: logged {logged:.6f}, reproduced {now:.6f}")
+    console.print("identical" if again.identical else "NOT identical")
+    if not again.identical:
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 @app.command()
