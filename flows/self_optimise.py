@@ -11,6 +11,7 @@ from features.clock import iso_week, resolve_as_of
 from flows.ingest import ingest_inbox_task
 from flows.monitor import monitor_flow
 from flows.retrain import retrain_flow
+from features.weeks import claim_week, finish_week
 from flows.runtime import Runtime
 from models.report import markdown_table
 
@@ -25,6 +26,16 @@ def _run_name() -> str:
 def retraining_due(last_trained: datetime | None, as_of: datetime, every_weeks: int) -> bool:
     """Due when never trained, or ``every_weeks`` have passed (a few hours of slack for schedule jitter)."""
     return last_trained is None or as_of - last_trained >= timedelta(weeks=every_weeks) - timedelta(hours=6)
+
+
+@task
+def claim(model: str, week: str, as_of: datetime) -> tuple[bool, str | None]:
+    return claim_week(Runtime.from_env().store, model, week, as_of)
+
+
+@task
+def finish(model: str, week: str, status: str, as_of: datetime, detail: str = "") -> None:
+    finish_week(Runtime.from_env().store, model, week, status, as_of, detail)
 
 
 @task
@@ -43,10 +54,22 @@ def self_optimise_flow(as_of: datetime | None = None, inbox: str | None = None, 
     results = {"week": week, "ingest": ingested.as_dict(), "models": {}}
     rows = []
     for model in models or list(runtime.specs):
-        drift = monitor_flow(model, as_of)
-        due = retraining_due(last_trained(model), as_of, runtime.spec(model).training.retrain_every_weeks)
-        reason = "drift" if drift["drift_detected"] else ("schedule" if due else None)
-        retrain = retrain_flow(model, as_of) if reason else {"status": "not_due"}
+        claimed, found = claim(model, week, as_of)
+        if not claimed:  # a second start of the same week (redeploy, backlog): the work is done or under way
+            results["models"][model] = {"drift": {}, "retrain": {"status": f"week_already_{found}"}, "retrain_reason": None}
+            rows.append({"model": model, "drift": None, "drifted": "", "retrained": "no", "version": None,
+                         "decision": f"week already {found}"})
+            continue
+        try:
+            drift = monitor_flow(model, as_of)
+            due = retraining_due(last_trained(model), as_of, runtime.spec(model).training.retrain_every_weeks)
+            reason = "drift" if drift["drift_detected"] else ("schedule" if due else None)
+            retrain = retrain_flow(model, as_of) if reason else {"status": "not_due"}
+        except Exception as exc:
+            finish(model, week, "failed", as_of, f"{type(exc).__name__}: {exc}")
+            raise
+        finish(model, week, "awaiting_approval" if retrain.get("event") == "awaiting_approval" else "done", as_of,
+               retrain.get("event", retrain["status"]))
         results["models"][model] = {"drift": drift, "retrain": retrain, "retrain_reason": reason}
         rows.append({"model": model, "drift": drift.get("drift_detected"), "drifted": drift.get("drifted_columns", ""),
                      "retrained": reason or "no", "version": retrain.get("version"), "decision": retrain.get("event", retrain["status"])})

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from features.clock import iso_week
+from features.weeks import week_status
 from flows.cli import app
 from flows.demo import CYCLE_DELAY, DemoConfig, run_demo
 from flows.runtime import Runtime
@@ -77,6 +78,19 @@ def test_simulated_weeks_run_the_whole_loop(loop_home, prefect_harness, specs):
     # No raw identifier reaches the store: the simulator's ids look like '...@mail.example'.
     stored_ids = runtime.store.scan_actions(model).select("entity_id").collect()["entity_id"]
     assert stored_ids.str.starts_with("pid_").all() and not stored_ids.str.contains("@").any()
+
+    # Prefect may start a week's cycle twice: the second start finds the week done and changes nothing.
+    from flows.self_optimise import self_optimise_flow
+
+    versions_before = len(runtime.registry.versions(model))
+    audit_before = runtime.store.scan_audit().collect().height
+    last_cycle = world.week_start(CONFIG.weeks) + CYCLE_DELAY
+    again = self_optimise_flow(as_of=last_cycle)
+    for name, result in again["models"].items():
+        ended = week_status(runtime.store, name, iso_week(last_cycle))
+        assert ended in ("done", "awaiting_approval") and result["retrain"]["status"] == f"week_already_{ended}"
+    assert len(runtime.registry.versions(model)) == versions_before
+    assert runtime.store.scan_audit().collect().height == audit_before
 
     # `loop status --json` reports the same champion.
     result = CliRunner().invoke(app, ["status", "--json"])
