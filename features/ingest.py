@@ -26,7 +26,7 @@ from features.clock import Clock
 from features.contract import ACTION_SCHEMA, UTC_TIME, feature_schema
 from features.pseudonymise import pseudonymise
 from features.store import EventStore, SchemaConflict, StoreError
-from features.validate import FileRejected, validate_rows
+from features.validate import ROW, FileRejected, as_text, validate_rows
 
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 # Rows per batch when reading a file: memory grows with it (polars reads a few batches ahead).
@@ -208,10 +208,12 @@ def _store_batch(batch: pl.DataFrame, first_row: int, source: str, store: EventS
         new, conflicting, duplicates = _conflicts_with_store(store, model, rows, known)
         report.duplicates += duplicates
         if conflicting.height:
-            rejected.append(conflicting.select(
-                pl.lit(None, pl.Int64).alias("row_number"),
-                pl.format("duplicate action_id '{}' with conflicting content already stored", pl.col("action_id")).alias("reason"),
-                pl.struct(pl.all()).struct.json_encode().alias("raw")))
+            # Quarantine the row as it came in (like every other reject), found by its line number.
+            as_received = as_text(batch.select(pl.all().gather((conflicting.get_column(ROW) - first_row).cast(pl.UInt64))))
+            rejected.append(pl.concat([conflicting.select(
+                pl.col(ROW).alias("row_number"),
+                pl.format("duplicate action_id '{}' with conflicting content already stored", pl.col("action_id")).alias("reason")),
+                as_received.select(pl.struct(batch.columns).struct.json_encode().alias("raw"))], how="horizontal"))
         report.actions_stored += store.append_actions(model, new.with_columns(provenance))
         known.add(model, new.get_column("action_id"))
     crash_point("actions")

@@ -45,7 +45,7 @@ class FileRejected(ValueError):
 
 @dataclass(frozen=True)
 class Validated:
-    actions: dict[str, pl.DataFrame]   # valid action rows per model (contract + the spec's features)
+    actions: dict[str, pl.DataFrame]   # valid action rows per model (contract + the spec's features + ROW, the row number)
     outcomes: pl.DataFrame             # valid outcome rows (OUTCOME_SCHEMA + model, which may be null)
     rejected: pl.DataFrame             # row_number, reason, raw
     rows_read: int
@@ -356,7 +356,8 @@ def validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datetime, 
             positions = first.filter(pl.col("model") == name)["__pos"]
             if positions.len():
                 keep = pl.zeros(work.height, pl.Boolean, eager=True).scatter(positions, True)
-                actions[name] = work.lazy().filter(keep).select(outputs[name]).collect()
+                # ROW travels with each action, so a later rejection (a conflict with the store) can name its line.
+                actions[name] = work.lazy().filter(keep).select(*outputs[name], pl.col(ROW).cast(pl.Int64)).collect()
     outcome_rows = work.lazy().filter(pl.lit(good) & has_outcome) if has_outcomes else work.clear().lazy()
     outcomes = outcome_rows.select(outcome_exprs).collect().unique(
         subset=["action_id", "observed_at", "outcome"], keep="first", maintain_order=True)

@@ -203,3 +203,12 @@ def test_repeats_across_batches_and_against_the_store_are_told_apart(tmp_path, s
     stored = store.scan_actions("lead_scoring").collect()
     assert stored.height == stored["action_id"].n_unique() == 7
     assert stored.filter(pl.col("action_id") == "a3")["score"].to_list() == [0.4]
+
+
+def test_a_conflict_with_the_store_is_quarantined_with_its_line_and_the_row_as_received(tmp_path, store):
+    ingest_paths([_write_csv(tmp_path / "one.csv", [lead_action("a1")])], store, SimulatedClock(NOW), KEY)
+    second = [lead_action("b1"), lead_action("a1", score="0.9")]
+    ingest_paths([_write_csv(tmp_path / "two.csv", second)], store, SimulatedClock(NOW), KEY)
+    row = store.scan_quarantine().collect().row(0, named=True)
+    assert row["row_number"] == 3                     # header is line 1, b1 line 2, the conflicting a1 line 3
+    assert json.loads(row["raw"])["score"] == "0.9" and set(json.loads(row["raw"])) == set(second[1])
