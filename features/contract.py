@@ -58,6 +58,8 @@ AUDIT_SCHEMA: dict[str, pl.DataType] = {
     "actor": pl.String(),
     "reasons": pl.String(),
     "week": pl.String(),
+    # Wall-clock time the row was written: only orders events that share one `at` (a simulated clock).
+    "recorded_at": UTC_TIME,
 }
 
 LEDGER_SCHEMA: dict[str, pl.DataType] = {

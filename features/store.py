@@ -220,10 +220,12 @@ class EventStore:
         rows = rows.select(list(schema)).cast(schema)
         if not self._exists(uri) and _is_local(uri):
             Path(uri).mkdir(parents=True, exist_ok=True)
-        rows.write_delta(uri, mode="append")
+        # schema_mode merge: a table written by an older release gains the columns added since.
+        rows.write_delta(uri, mode="append", delta_write_options={"schema_mode": "merge"})
 
     def append_audit(self, rows: pl.DataFrame) -> None:
-        self._append(self.audit_uri, rows, AUDIT_SCHEMA)
+        missing = [pl.lit(None).alias(c) for c in AUDIT_SCHEMA if c not in rows.columns]
+        self._append(self.audit_uri, rows.with_columns(missing), AUDIT_SCHEMA)
 
     def record_ingest(self, ingest_id: str, status: str, at: datetime, source_file: str, counts: dict[str, int]) -> None:
         """A ledger entry: 'started' before an ingest writes, 'complete' after its last table write."""

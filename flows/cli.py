@@ -1,7 +1,7 @@
 """`loop`: the command line of the self-optimising feedback loop.
 
 Exit codes: 0 success; 1 error (bad input, unknown model, failed run); 3 ingest finished but
-rejected rows or files (they are in quarantine / failed); 4 a check failed (demo, reproduce).
+rejected rows or files (they are in quarantine / failed); 4 a check failed (demo, reproduce, doctor).
 """
 
 from __future__ import annotations
@@ -113,6 +113,21 @@ def reproduce(model: Annotated[str, typer.Argument(help="Model name.")],
         console.print(f"  {name}: logged {logged:.6f}, reproduced {now:.6f}")
     console.print("identical" if again.identical else "NOT identical")
     if not again.identical:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@app.command()
+def doctor(repair: Annotated[bool, typer.Option("--repair", help="Also repair what is safe to repair.")] = False) -> None:
+    """Check that registry aliases, audit table, week ledger and store agree (exit 4 if something needs a person)."""
+    runtime = _runtime()
+    from models.doctor import check
+
+    findings = check(runtime.store, runtime.registry, datetime.now(UTC), repair)
+    for finding in findings:
+        console.print(finding.line())
+    if not findings:
+        console.print("all consistent")
+    if any(not f.repaired for f in findings):
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 

@@ -8,7 +8,7 @@ MLflow tags.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 import numpy as np
@@ -85,7 +85,8 @@ class AuditTrail:
                actor: str = "loop", week: str = "") -> None:
         text = "; ".join(reasons)
         self.store.append_audit(pl.DataFrame([{"at": self.now, "model": model, "version": version or "",
-                                               "event": event, "actor": actor, "reasons": text, "week": week}]))
+                                               "event": event, "actor": actor, "reasons": text, "week": week,
+                                               "recorded_at": datetime.now(UTC)}]))
         if version:
             self.registry.tag_version(model, version, {"decision": event, "decision_by": actor,
                                                         "decision_reasons": text[:4900], "decision_at": self.now.isoformat()})
