@@ -326,6 +326,10 @@ def rollback_cmd(model: str, by: Annotated[str, typer.Option("--by", help="Who r
 def serve() -> None:
     """Serve the deployments: inbox ingest every 15 min, daily monitoring, weekly retraining (Mon 03:00 Berlin)."""
     runtime = _runtime()
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("[yellow]note:[/yellow] PREFECT_API_URL is not set, so the deployments live on a temporary local API "
+                      "that ends with this process and no UI shows them. For a lasting setup run "
+                      "`prefect server start --host 127.0.0.1` and export PREFECT_API_URL=http://127.0.0.1:4200/api.")
     from flows.serve import serve_all
 
     serve_all(list(runtime.specs))
