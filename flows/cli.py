@@ -319,6 +319,10 @@ def rollback_cmd(model: str, by: Annotated[str, typer.Option("--by", help="Who r
         restored = rollback(model, by, reason, runtime.registry, AuditTrail(runtime.store, runtime.registry, now), week=iso_week(now))
     except ApprovalError as exc:
         _fail(str(exc))
+    if os.environ.get("PREFECT_API_URL"):  # without a Prefect server there is no automation to alert anyone
+        from flows.alerts import emit
+
+        emit("loop.model.rolled_back", model, {"restored": restored, "by": by, "reason": reason})
     console.print(f"{model}: champion is version {restored} again")
 
 
@@ -330,6 +334,11 @@ def serve() -> None:
         console.print("[yellow]note:[/yellow] PREFECT_API_URL is not set, so the deployments live on a temporary local API "
                       "that ends with this process and no UI shows them. For a lasting setup run "
                       "`prefect server start --host 127.0.0.1` and export PREFECT_API_URL=http://127.0.0.1:4200/api.")
+    webhook = os.environ.get("LOOP_ALERT_WEBHOOK_URL")
+    if webhook:
+        from flows.alerts import ensure_alert_automations
+
+        console.print(f"alerts: {', '.join(ensure_alert_automations(webhook))}")
     from flows.serve import serve_all
 
     serve_all(list(runtime.specs))

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from features.clock import iso_week, resolve_as_of
 from features.windows import drift_windows
+from flows.alerts import emit
 from flows.runtime import Runtime
 from models.drift import detect_drift
 from models.policy import Policy
@@ -61,6 +62,9 @@ def monitor_flow(model: str, as_of: datetime | None = None) -> dict:
     """Compare the last week with the champion's training window; the result feeds the decision to retrain."""
     as_of = resolve_as_of(as_of)
     drift = check_drift(model, as_of)
+    if drift["drift_detected"]:
+        emit("loop.drift.detected", model, {k: drift.get(k) for k in ("drifted_columns", "score_drifted",
+                                                                     "outcome_rate_drifted", "run_id")})
     create_markdown_artifact(markdown=drift_summary(model, iso_week(as_of), drift), key=f"{model.replace('_', '-')}-drift",
                              description=f"{model}: {'drift' if drift['drift_detected'] else 'no drift'}")
     return drift

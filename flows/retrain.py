@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from features.clock import iso_week, resolve_as_of
 from features.training_set import NotEnoughData, Split, time_split
 from features.windows import labelled_frame, recent_actions, training_lineage
+from flows.alerts import emit
 from flows.runtime import Runtime
 from models.evaluation import Comparison, compare_with_champion, comparison_table
 from models.plots import calibration_plot, threshold_plot
@@ -104,6 +105,9 @@ def retrain_flow(model: str, as_of: datetime | None = None) -> dict:
     run_id, version = log_and_register(model, split, trained, lineage, week)
     comparison = compare(model, split, trained, version, as_of)
     event = decide(model, comparison, version, week, as_of)
+    if event == "awaiting_approval":
+        emit("loop.promotion.awaiting_approval", model, {"version": version, "week": week,
+                                                          "reasons": "; ".join(comparison.decision.reasons)})
     outcome = {
         "status": "trained", "model": model, "week": week, "version": version, "run_id": run_id, "event": event,
         "reasons": list(comparison.decision.reasons), "threshold": trained.threshold.threshold,
