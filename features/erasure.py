@@ -51,7 +51,6 @@ from pathlib import Path
 import polars as pl
 from deltalake import DeltaTable
 
-from features.maintenance import store_lock
 from features.pseudonymise import PREFIX, pseudonym
 from features.store import EventStore
 
@@ -454,7 +453,7 @@ def forget(store: EventStore, entity: str, key: bytes, state_dir: Path,
     pseudo = pseudonym(entity, key)
     report = ErasureReport(pseudonym=pseudo)
 
-    with store_lock(store):   # no ingest writes, or reads the inbox, meanwhile
+    with store.writer():   # no ingest writes, or reads the inbox, meanwhile
         predicates, action_ids = _person_rows(store, pseudo, raw, _person_matcher(pseudo, raw, []))
         report.actions = len(action_ids)
         matcher = _person_matcher(pseudo, raw, action_ids)

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import uuid
+from itertools import chain
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import polars as pl
 from features.clock import Clock
 from features.contract import ACTION_SCHEMA, UTC_TIME, feature_schema
 from features.pseudonymise import pseudonymise
-from features.store import EventStore, SchemaConflict, StoreError
+from features.store import EventStore, SchemaConflict
 from features.validate import ROW, FileRejected, as_text, validate_rows
 
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -258,7 +259,7 @@ def ingest_file(path: Path, store: EventStore, clock: Clock, key: bytes) -> Inge
     rejected: list[pl.DataFrame] = []
     known = KnownActions(store)
     try:
-        for batch, first_row in _chain(first_batch, batches):
+        for batch, first_row in chain([first_batch], batches):
             rejected += _store_batch(batch, first_row, source, store, clock, key, ingest_id, report, known)
     except (FileRejected, SchemaConflict) as exc:
         # Unreadable later batch, or a column whose type changed: the ledger never completes this
@@ -270,11 +271,6 @@ def ingest_file(path: Path, store: EventStore, clock: Clock, key: bytes) -> Inge
     store.record_ingest(ingest_id, "complete", clock.now(), source, report.as_dict())
     crash_point("complete")
     return report
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def ingest_paths(paths: Iterable[Path], store: EventStore, clock: Clock, key: bytes,
@@ -336,6 +332,3 @@ def replay_quarantine(store: EventStore, clock: Clock, key: bytes) -> IngestRepo
             total.add(report)
     return total
 
-
-__all__ = ["IngestReport", "StoreError", "discover", "ingest_file", "ingest_inbox", "ingest_paths", "read_batches",
-           "replay_quarantine"]

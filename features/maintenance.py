@@ -15,7 +15,6 @@ Each function returns per-table counts; tables that do not exist yet are skipped
 from __future__ import annotations
 
 import calendar
-import contextlib
 import re
 from datetime import UTC, datetime
 
@@ -44,11 +43,6 @@ def months_before(when: datetime, months: int) -> datetime:
     return when.replace(year=year, month=month + 1, day=day)
 
 
-def store_lock(store: EventStore) -> contextlib.AbstractContextManager:
-    """The store's write lock, so no ingest writes meanwhile."""
-    return store.writer()
-
-
 def _existing(store: EventStore, names=None) -> dict[str, str]:
     return {name: uri for name, (uri, _, _) in store.tables().items()
             if (names is None or name in names) and DeltaTable.is_deltatable(uri)}
@@ -63,7 +57,7 @@ def apply_retention(store: EventStore, now: datetime, months: int) -> dict[str, 
 
     Call ``vacuum`` afterwards to remove the deleted rows' files from disk.
     """
-    with store_lock(store):
+    with store.writer():
         return _apply_retention(store, months_before(now, months))
 
 
@@ -95,7 +89,7 @@ def _apply_retention(store: EventStore, cutoff: datetime) -> dict[str, int]:
 def compact(store: EventStore) -> dict[str, dict[str, int]]:
     """Delta optimize (compaction) on every existing table; returns files removed/added per table."""
     out = {}
-    with store_lock(store):
+    with store.writer():
         for name, uri in _existing(store).items():
             metrics = DeltaTable(uri).optimize.compact()
             out[name] = {"files_removed": int(metrics.get("numFilesRemoved", 0)),
@@ -130,7 +124,7 @@ def vacuum(store: EventStore, retention_hours: int) -> dict[str, int]:
     if retention_hours < 0:
         raise ValueError("retention_hours must be >= 0")
     out = {}
-    with store_lock(store):
+    with store.writer():
         for name, uri in _existing(store).items():
             table = DeltaTable(uri)
             enforce = retention_hours >= deleted_file_retention_hours(table)

@@ -6,7 +6,7 @@ probabilities, never copied from the simulator's output, so a wrong formula fail
 
 from __future__ import annotations
 
-from datetime import UTC, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np

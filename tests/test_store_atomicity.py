@@ -7,7 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl

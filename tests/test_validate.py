@@ -19,7 +19,7 @@ import pytest
 
 from features.contract import ACTION_SCHEMA, OUTCOME_SCHEMA, feature_schema
 from features.spec import ModelSpec
-from features.validate import ROW, FileRejected, Validated, as_text, validate_rows
+from features.validate import ROW as ACTION_ROW, FileRejected, Validated, as_text, validate_rows
 from tests.helpers import lead_action
 
 NOW = datetime(2026, 2, 1, tzinfo=UTC)
@@ -330,7 +330,7 @@ def assert_same(frame: pl.DataFrame, specs, first_row: int = 2) -> Validated:
     got = validate_rows(frame, specs, NOW, first_row)
     assert got.actions.keys() == expected.actions.keys()
     for model, rows in expected.actions.items():
-        produced = got.actions[model].drop(ROW)      # the row number is new: each action now carries its line
+        produced = got.actions[model].drop(ACTION_ROW)      # the row number is new: each action now carries its line
         assert produced.schema == rows.schema
         assert produced.equals(rows), model
     assert got.outcomes.schema == expected.outcomes.schema and got.outcomes.equals(expected.outcomes)
