@@ -244,22 +244,32 @@ def _quarantine(rejected: pl.DataFrame, source: str, digest: str, store: EventSt
 
 def ingest_file(path: Path, store: EventStore, clock: Clock, key: bytes) -> IngestReport:
     """Ingest one file as one atomic, idempotent unit. The caller holds ``store.writer()``."""
-    report = IngestReport(files=1)
     source = str(path)
-    ingest_id = uuid.uuid4().hex[:16]
     try:
         digest = _file_digest_and_check(path, text=SUFFIXES.get(path.suffix.lower()) != "parquet")
         batches = read_batches(path)
         first_batch = next(batches)
     except FileRejected as exc:
-        report.failed_files.append((source, str(exc)))
-        return report
+        return IngestReport(files=1, failed_files=[(source, str(exc))])
+    return ingest_batches(chain([first_batch], batches), source, digest, store, clock, key)
+
+
+def ingest_batches(batches: Iterable[tuple[pl.DataFrame, int]], source: str, digest: str, store: EventStore,
+                   clock: Clock, key: bytes) -> IngestReport:
+    """Ingest (rows, first row number) batches of one source as one atomic, idempotent unit.
+
+    The ledger entry 'started' comes first and 'complete' last, so readers see all of the
+    source or none of it. ``digest`` identifies the content (quarantine ids derive from it).
+    The caller holds ``store.writer()``.
+    """
+    report = IngestReport(files=1)
+    ingest_id = uuid.uuid4().hex[:16]
     store.record_ingest(ingest_id, "started", clock.now(), source, {})
     crash_point("started")
     rejected: list[pl.DataFrame] = []
     known = KnownActions(store)
     try:
-        for batch, first_row in chain([first_batch], batches):
+        for batch, first_row in batches:
             rejected += _store_batch(batch, first_row, source, store, clock, key, ingest_id, report, known)
     except (FileRejected, SchemaConflict) as exc:
         # Unreadable later batch, or a column whose type changed: the ledger never completes this

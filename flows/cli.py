@@ -345,6 +345,24 @@ def serve() -> None:
 
 
 @app.command()
+def api(host: Annotated[str, typer.Option(help="Address to listen on; beyond 127.0.0.1 needs LOOP_API_TOKEN.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+        access_log: Annotated[bool, typer.Option(help="Log every request (paths and status only).")] = False) -> None:
+    """Serve the scoring API the CRM and the mail system call (decisions, outcomes; docs at /docs)."""
+    runtime = _runtime()
+    from service.main import UnsafeBinding, build_service, serve_api
+    from service.wal import WalError
+
+    try:
+        service = build_service(runtime.settings, runtime.specs, runtime.store, runtime.registry)
+        console.print(f"scoring API on http://{host}:{port} (OpenAPI docs at /docs), write-ahead log in "
+                      f"{service.config.wal_dir}")
+        serve_api(service, host, port, access_log)
+    except (UnsafeBinding, WalError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
 def demo(weeks: Annotated[int, typer.Option(help="Simulated weeks.")] = 16,
          seed: Annotated[int, typer.Option(help="Seed of the synthetic world.")] = 7,
          leads: Annotated[int, typer.Option(help="Leads per week.")] = 2000,
