@@ -13,6 +13,7 @@ names the field (``columns.company_size``, ``entities.3.industry``). Fields the 
 know are refused, so no free text (an e-mail body) can slip into the store.
 """
 
+import asyncio
 import hmac
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -220,12 +221,12 @@ def _add_decide_route(app: FastAPI, service: ScoringService, spec: ModelSpec, au
     body_model = request_model(spec)
     schema = {"entity_ref": pl.String, **feature_schema(spec)}
 
-    def decide(body: body_model) -> Response:  # type: ignore[valid-type]
+    async def decide(body: body_model) -> Response:  # type: ignore[valid-type]
         if body.columns is not None:
             frame = pl.DataFrame({column: getattr(body.columns, column) for column in schema}, schema=schema)
         else:
             frame = pl.DataFrame([entity.model_dump() for entity in body.entities], schema=schema)
-        actions = service.decide(spec.name, frame)
+        actions = await asyncio.wrap_future(service.submit(spec.name, frame))
         first = actions.row(0, named=True)
         out = actions.select("action_id", "score", "decision", "propensity")
         payload: dict[str, Any] = {"model": spec.name, "model_version": first["model_version"],

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from features.settings import Settings
 from features.spec import ModelSpec
 from features.store import EventStore
 from models.policy import Policy
+from service.batching import MicroBatcher
 from service.wal import ACTIONS, OUTCOMES, WriteAheadLog, read_segment
 
 log = logging.getLogger("loop.api")
@@ -89,20 +91,29 @@ class ScoringService:
         self._flush_wanted = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._batcher: MicroBatcher | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, background: bool = True) -> None:
         """Replay what a previous process left in the log, load the champions, then start the helpers."""
         self.health.replayed_rows = self.flush()
         self.reload_champions()
+        # One thread per prediction: concurrency comes from requests (micro-batched), and OpenMP's
+        # spinning worker threads made one-row predictions 10x slower on a busy 2-core machine.
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
         self.health.started = True
         if background:
+            self._batcher = MicroBatcher(self.decide)
             for target, name in ((self._flush_loop, "wal-flusher"), (self._reload_loop, "champion-watcher")):
                 thread = threading.Thread(target=target, name=name, daemon=True)
                 thread.start()
                 self._threads.append(thread)
 
     def stop(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
         self._stop.set()
         self._flush_wanted.set()
         for thread in self._threads:
@@ -153,6 +164,12 @@ class ScoringService:
         actions = policy.decide(frame, self.key).with_columns(new_action_ids(model, now, frame.height).alias("action_id"))
         self._log(ACTIONS, actions)
         return actions
+
+    def submit(self, model: str, entities: pl.DataFrame) -> Future:
+        """``decide`` through the micro-batcher (the service is started): many callers, one prediction."""
+        if self._batcher is None:
+            raise RuntimeError("the service is not started")
+        return self._batcher.submit(model, entities)
 
     def record_outcomes(self, outcomes: pl.DataFrame) -> int:
         columns = [pl.col(c) if c in outcomes.columns else pl.lit(None).alias(c) for c in (*OUTCOME_SCHEMA, "model")]

@@ -256,3 +256,33 @@ def test_the_log_reads_whole_records_only_and_has_one_owner(tmp_path):
     segment.write_bytes(data)
     assert [f.height for f in read_segment(segment).actions] == [2, 1]
     wal.close()
+
+
+def test_the_micro_batcher_scores_waiting_requests_together_and_returns_each_its_own_rows():
+    import threading
+
+    from service.batching import MicroBatcher
+
+    calls: list[tuple[str, int]] = []
+    release = threading.Event()
+
+    def work(model: str, rows: pl.DataFrame) -> pl.DataFrame:
+        release.wait(timeout=30)          # the first batch blocks until every request is queued
+        calls.append((model, rows.height))
+        if model == "broken":
+            raise ValueError("scoring failed")
+        return rows.with_columns(doubled=pl.col("x") * 2)
+
+    batcher = MicroBatcher(work)
+    futures = [batcher.submit("a" if i % 3 else "b", pl.DataFrame({"x": list(range(i, i + i % 4 + 1))})) for i in range(30)]
+    broken = batcher.submit("broken", pl.DataFrame({"x": [1]}))
+    release.set()
+    for i, future in enumerate(futures):
+        result = future.result(timeout=30)
+        assert result.get_column("x").to_list() == list(range(i, i + i % 4 + 1))
+        assert result.get_column("doubled").to_list() == [2 * x for x in range(i, i + i % 4 + 1)]
+    with pytest.raises(ValueError, match="scoring failed"):
+        broken.result(timeout=30)
+    batcher.close()
+    assert len(calls) < len(futures)       # waiting requests were merged into few calls
+    assert sum(n for model, n in calls if model != "broken") == sum(i % 4 + 1 for i in range(30))
