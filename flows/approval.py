@@ -163,3 +163,33 @@ def request_approval(model: str, version: str, week: str) -> str | None:
     except ObjectNotFound:
         return None
     return str(run.id)
+
+
+def close_open_requests(model: str, version: str, decision: str, by: str, reason: str) -> int:
+    """After an answer from the command line, resume the approval runs still waiting on the same version.
+
+    They find the version decided and end without recording anything, instead of showing an open form
+    (and keeping their process) until the time-out. Returns how many were resumed.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
+                                                FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import PrefectException
+    from prefect.flow_runs import resume_flow_run
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["approval"])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+    resumed = 0
+    for run in runs:
+        if run.parameters.get("model") != model or str(run.parameters.get("version")) != str(version):
+            continue
+        try:
+            resume_flow_run(run.id, run_input={"decision": decision, "name": by,
+                                               "reason": "answered from the command line" + (f": {reason}" if reason else "")})
+            resumed += 1
+        except (PrefectException, RuntimeError):  # it ended or timed out meanwhile: nothing left to close
+            continue
+    return resumed

@@ -194,6 +194,32 @@ def test_an_answer_from_the_command_line_ends_the_waiting_run_without_a_second_d
     assert _decisions(runtime).select("event", "actor").rows() == [("approved", "carla")]
 
 
+def test_the_command_line_closes_the_open_form_on_a_prefect_server(loop_home, prefect_harness, monkeypatch):
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.cli import app
+
+    runtime = _waiting_promotion(loop_home)
+    waiting = _ApprovalRun()
+    run = waiting.paused()
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())   # as with `loop serve` on a server
+    cli = CliRunner().invoke(app, ["reject", MODEL, "2", "--by", "erik"])
+    assert cli.exit_code == 0, cli.output
+    assert "closed 1 approval request" in cli.output
+    result, error = waiting.finish()       # nobody touches the form: the command line ended the run
+    assert error is None and result["outcome"] == "already_decided" and result["on_record"] == "rejected by erik"
+    assert _final_state(run.id).is_completed()
+    assert _decisions(runtime).select("event", "actor").rows() == [("rejected", "erik")]
+
+
+def test_a_time_out_that_is_not_positive_is_refused(specs, tmp_path):
+    from features.spec import SpecError, parse_spec
+
+    text = specs[MODEL].source_text.replace("approval_timeout_hours = 72", "approval_timeout_hours = 0")
+    with pytest.raises(SpecError, match="approval_timeout_hours must be positive"):
+        parse_spec(text, tmp_path / "x.toml")
+
+
 def test_the_retraining_starts_one_approval_run_through_the_deployment(loop_home, prefect_harness):
     from prefect import get_client
 
