@@ -82,6 +82,9 @@ class Gates:
     max_calibration_error: float
     min_auc: float
     max_decision_flip_share: float
+    # A promotion waiting for a person expires as rejected after this long: an unanswered request
+    # must not keep a challenger in limbo (and a paused approval run alive) for ever.
+    approval_timeout_hours: float = 72.0
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,9 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
     policy = raw.get("unknown_categories", "accept")
     if policy not in ("accept", "reject"):
         raise SpecError(f"{path}: unknown_categories must be 'accept' or 'reject', not {policy!r}")
+    gates = _build(Gates, _section(raw, "gates", path), path, "gates")
+    if not gates.approval_timeout_hours > 0:
+        raise SpecError(f"{path}: [gates] approval_timeout_hours must be positive, not {gates.approval_timeout_hours!r}")
     return ModelSpec(
         name=raw["name"],
         description=raw.get("description", ""),
@@ -172,7 +178,7 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
         drift=_build(DriftConfig, _section(raw, "drift", path), path, "drift"),
         cold_start=conditions,
         training=_build(TrainingConfig, _section(raw, "training", path), path, "training"),
-        gates=_build(Gates, _section(raw, "gates", path), path, "gates"),
+        gates=gates,
         content_hash=hashlib.sha256(text.encode()).hexdigest()[:16],
         source_text=text,
     )

@@ -287,6 +287,16 @@ def _decision_command(kind: str, model: str, version: str, by: str, reason: str)
     except ApprovalError as exc:
         _fail(str(exc))
     console.print(f"{model} version {version}: {kind}d by {by}")
+    if os.environ.get("PREFECT_API_URL"):  # only a Prefect server has approval runs waiting on a form
+        from flows.approval import close_open_requests
+
+        try:
+            closed = close_open_requests(model, version, kind, by, reason)
+        except Exception as exc:  # noqa: BLE001 - the decision is recorded; an open form only waits for its time-out
+            console.print(f"[yellow]note:[/yellow] could not close the approval form in Prefect: {exc}")
+        else:
+            if closed:
+                console.print(f"closed {closed} approval request(s) waiting in the Prefect UI")
 
 
 @app.command("approve")
@@ -328,7 +338,8 @@ def rollback_cmd(model: str, by: Annotated[str, typer.Option("--by", help="Who r
 
 @app.command()
 def serve() -> None:
-    """Serve the deployments: inbox ingest every 15 min, daily monitoring, weekly retraining (Mon 03:00 Berlin)."""
+    """Serve the deployments: inbox ingest every 15 min, daily monitoring, weekly retraining (Mon 03:00 Berlin),
+    approval requests (a paused run with a form in the Prefect UI)."""
     runtime = _runtime()
     if not os.environ.get("PREFECT_API_URL"):
         console.print("[yellow]note:[/yellow] PREFECT_API_URL is not set, so the deployments live on a temporary local API "

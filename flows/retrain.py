@@ -14,6 +14,7 @@ from features.clock import iso_week, resolve_as_of
 from features.training_set import NotEnoughData, Split, time_split
 from features.windows import labelled_frame, recent_actions, training_lineage
 from flows.alerts import emit
+from flows.approval import request_approval
 from flows.runtime import Runtime
 from models.evaluation import Comparison, compare_with_champion, comparison_table
 from models.plots import calibration_plot, threshold_plot
@@ -105,15 +106,18 @@ def retrain_flow(model: str, as_of: datetime | None = None) -> dict:
     run_id, version = log_and_register(model, split, trained, lineage, week)
     comparison = compare(model, split, trained, version, as_of)
     event = decide(model, comparison, version, week, as_of)
+    approval_run = None
     if event == "awaiting_approval":
         emit("loop.promotion.awaiting_approval", model, {"version": version, "week": week,
                                                           "reasons": "; ".join(comparison.decision.reasons)})
+        # A flow run of its own waits for the person, so this run (and its concurrency slot) ends now.
+        approval_run = request_approval(model, version, week)
     outcome = {
         "status": "trained", "model": model, "week": week, "version": version, "run_id": run_id, "event": event,
         "reasons": list(comparison.decision.reasons), "threshold": trained.threshold.threshold,
         "threshold_reason": trained.threshold.reason, "rows": lineage["rows"], "as_of": lineage["as_of"],
         "spec_hash": lineage["spec_hash"], "split": split.sizes(), "comparison": comparison_table(comparison),
-        "flip_share": comparison.flip_share, "test_metrics": trained.test_metrics,
+        "flip_share": comparison.flip_share, "test_metrics": trained.test_metrics, "approval_run": approval_run,
     }
     key = model.replace("_", "-")
     create_markdown_artifact(markdown=retrain_summary(model, week, outcome), key=f"{key}-retrain",

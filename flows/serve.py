@@ -16,8 +16,11 @@ def build_deployments(models: list[str]) -> list:
     """Inbox ingest every 15 minutes, the weekly cycle and per-model retraining Monday 03:00 Berlin, daily monitoring,
     daily store maintenance (retention, compaction, vacuum) at 04:30.
 
-    Retraining of one model never overlaps itself (concurrency limit 1 per deployment).
+    Retraining of one model never overlaps itself (concurrency limit 1 per deployment). The approval deployment
+    has no schedule: the retraining starts one run per promotion waiting for a person, and those runs wait
+    in parallel (no limit), outside the retraining's slot.
     """
+    from flows.approval import approval_flow
     from flows.ingest import ingest_inbox_flow
     from flows.maintenance import maintenance_flow
     from flows.monitor import monitor_flow
@@ -30,6 +33,7 @@ def build_deployments(models: list[str]) -> list:
                                          concurrency_limit=1),
         maintenance_flow.to_deployment(name="store-maintenance-daily", schedule=Cron(DAILY_0430, timezone=BERLIN),
                                        concurrency_limit=1),
+        approval_flow.to_deployment(name="approve-promotion"),
     ]
     for model in models:
         deployments.append(monitor_flow.to_deployment(name=f"monitor-{model}-daily", parameters={"model": model},

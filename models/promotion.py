@@ -8,7 +8,7 @@ MLflow tags.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import numpy as np
@@ -115,26 +115,93 @@ class ApprovalError(ValueError):
     """An approval, rejection or rollback that does not fit the registry's state."""
 
 
-def approve(model: str, version: str, by: str, reason: str, registry: Registry, audit: AuditTrail, week: str = "") -> None:
+Answer = Literal["approve", "reject"]
+EXPIRED = "approval_expired"
+TIMEOUT_ACTOR = "timeout"
+
+
+def is_pending(model: str, version: str, registry: Registry) -> bool:
+    """Whether this version still waits for a person (it holds the challenger alias)."""
     pending = registry.version_by_alias(model, CHALLENGER)
-    if pending is None or str(pending.version) != str(version):
+    return pending is not None and str(pending.version) == str(version)
+
+
+def _require_pending(model: str, version: str, registry: Registry) -> None:
+    if not is_pending(model, version, registry):
+        pending = registry.version_by_alias(model, CHALLENGER)
         raise ApprovalError(f"{model} version {version} is not waiting for approval "
                             f"(waiting: {pending.version if pending else 'none'})")
-    previous = registry.version_by_alias(model, CHAMPION)
-    if previous is not None:
-        registry.tag_version(model, version, {"previous_champion": previous.version})
-    registry.set_alias(model, CHAMPION, version)
-    registry.clear_alias(model, CHALLENGER)
-    audit.record(model, version, "approved", [reason or "approved"], actor=by, week=week)
+
+
+def approve(model: str, version: str, by: str, reason: str, registry: Registry, audit: AuditTrail, week: str = "") -> None:
+    # Under the store's write lock, check and change are one step: the command line and the approval
+    # flow in the Prefect UI may answer the same request at once, and only the first may count.
+    with audit.store.writer():
+        _require_pending(model, version, registry)
+        previous = registry.version_by_alias(model, CHAMPION)
+        if previous is not None:
+            registry.tag_version(model, version, {"previous_champion": previous.version})
+        registry.set_alias(model, CHAMPION, version)
+        registry.clear_alias(model, CHALLENGER)
+        audit.record(model, version, "approved", [reason or "approved"], actor=by, week=week)
 
 
 def reject(model: str, version: str, by: str, reason: str, registry: Registry, audit: AuditTrail, week: str = "") -> None:
-    pending = registry.version_by_alias(model, CHALLENGER)
-    if pending is None or str(pending.version) != str(version):
-        raise ApprovalError(f"{model} version {version} is not waiting for approval "
-                            f"(waiting: {pending.version if pending else 'none'})")
-    registry.clear_alias(model, CHALLENGER)
-    audit.record(model, version, "rejected", [reason or "rejected"], actor=by, week=week)
+    with audit.store.writer():
+        _require_pending(model, version, registry)
+        registry.clear_alias(model, CHALLENGER)
+        audit.record(model, version, "rejected", [reason or "rejected"], actor=by, week=week)
+
+
+def answer(model: str, version: str, decision: Answer, by: str, reason: str, registry: Registry, audit: AuditTrail,
+           week: str = "") -> str:
+    """A person's answer, from the command line or the Prefect UI form: the event recorded."""
+    (approve if decision == "approve" else reject)(model, version, by, reason, registry, audit, week)
+    return "approved" if decision == "approve" else "rejected"
+
+
+def expire(model: str, version: str, timeout_hours: float, registry: Registry, audit: AuditTrail, week: str = "") -> None:
+    """A request nobody answered in time counts as rejected: the champion stays, and the audit says why."""
+    with audit.store.writer():
+        _require_pending(model, version, registry)
+        registry.clear_alias(model, CHALLENGER)
+        audit.record(model, version, EXPIRED, [f"not answered within {timeout_hours:g} h: expired as rejected"],
+                     actor=TIMEOUT_ACTOR, week=week)
+
+
+def overdue_approvals(store: EventStore, registry: Registry, timeouts: dict[str, float], now: datetime) -> list[tuple[str, str, str]]:
+    """Requests waiting longer than their spec's time-out: (model, version, week).
+
+    Waiting time is wall-clock time since the request was recorded (`recorded_at`), not the loop's
+    as-of time: a person's answer takes real hours, also when a run is replayed for an old week.
+    """
+    overdue = []
+    for model, hours in timeouts.items():
+        pending = registry.version_by_alias(model, CHALLENGER)
+        if pending is None:
+            continue
+        asked = (store.scan_audit().filter((pl.col("model") == model) & (pl.col("version") == str(pending.version))
+                                           & (pl.col("event") == "awaiting_approval") & pl.col("recorded_at").is_not_null())
+                 .sort("recorded_at").collect())
+        if asked.height and now - asked["recorded_at"][-1] >= timedelta(hours=hours):
+            overdue.append((model, str(pending.version), asked["week"][-1] or ""))
+    return overdue
+
+
+def expire_overdue(store: EventStore, registry: Registry, timeouts: dict[str, float], now: datetime) -> list[tuple[str, str]]:
+    """Expire every overdue request: the backstop for an approval run that died while it waited.
+
+    Safe next to a waiting approval run: whichever expires (or answers) first records; the other
+    finds the version no longer waiting.
+    """
+    expired = []
+    for model, version, week in overdue_approvals(store, registry, timeouts, now):
+        try:
+            expire(model, version, timeouts[model], registry, AuditTrail(store, registry, now), week)
+        except ApprovalError:
+            continue
+        expired.append((model, version))
+    return expired
 
 
 def rollback(model: str, by: str, reason: str, registry: Registry, audit: AuditTrail, week: str = "") -> str:

@@ -37,6 +37,11 @@ def retrain_summary(model: str, week: str, outcome: dict[str, Any]) -> str:
     ]
     if outcome.get("flip_share") is not None:
         lines += ["", f"Share of last week's decisions that would flip: {outcome['flip_share']:.1%}"]
+    if outcome["event"] == "awaiting_approval":
+        where = (f"the approval form on flow run `{outcome['approval_run']}` in the Prefect UI, or"
+                 if outcome.get("approval_run") else "")
+        lines += ["", f"**Waiting for a person:** answer with {where} `loop approve {model} {outcome['version']} --by NAME` "
+                      f"/ `loop reject {model} {outcome['version']} --by NAME`."]
     return "\n".join(lines)
 
 

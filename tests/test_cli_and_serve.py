@@ -65,11 +65,13 @@ def test_served_deployments_have_the_documented_schedules(specs):
     deployments = {d.name: d for d in build_deployments(list(specs))}
     assert set(deployments) == {"inbox-every-15-minutes", "weekly-cycle", "store-maintenance-daily", "monitor-lead_scoring-daily",
                                 "monitor-reply_acceptance-daily", "retrain-lead_scoring-weekly",
-                                "retrain-reply_acceptance-weekly"}
+                                "retrain-reply_acceptance-weekly", "approve-promotion"}
     weekly = deployments["retrain-lead_scoring-weekly"].schedules[0].schedule
     assert (weekly.cron, weekly.timezone) == ("0 3 * * 1", "Europe/Berlin")
     assert deployments["inbox-every-15-minutes"].schedules[0].schedule.interval == timedelta(minutes=15)
     assert deployments["retrain-lead_scoring-weekly"].parameters == {"model": "lead_scoring"}
+    # The approval runs are started by the retraining (one per waiting promotion), never by a clock.
+    assert deployments["approve-promotion"].schedules == [] and deployments["approve-promotion"].concurrency_limit is None
 
 
 def test_commands_that_store_ids_refuse_to_run_without_a_pseudonym_key(loop_home, tmp_path, monkeypatch, capsys):
