@@ -18,6 +18,7 @@ from flows.approval import request_approval
 from flows.runtime import Runtime
 from models.evaluation import Comparison, compare_with_champion, comparison_table
 from models.plots import calibration_plot, threshold_plot
+from models.model_card import model_card
 from models.promotion import AuditTrail, apply_decision
 from models.registry import CHAMPION
 from models.report import retrain_summary
@@ -63,8 +64,10 @@ def log_and_register(model: str, split: Split, trained: TrainedModel, lineage: d
             "threshold": threshold_plot(trained.threshold.curve, trained.threshold.threshold,
                                         f"{model}: objective by threshold", folder / "threshold_curve.png"),
         }
-        return runtime.registry.log_training(spec, trained, lineage=lineage, input_example=split.test.head(5),
-                                             week=week, plots=plots, run_name=f"train-{model}-{week}")
+        run_id, version = runtime.registry.log_training(spec, trained, lineage=lineage, input_example=split.test.head(5),
+                                                        week=week, plots=plots, run_name=f"train-{model}-{week}")
+    runtime.registry.attach_model_card(model, version, run_id, model_card(spec, trained, split.test, lineage, version))
+    return run_id, version
 
 
 @task(cache_policy=NO_CACHE)

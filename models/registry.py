@@ -103,6 +103,11 @@ class Registry:
         for key, value in tags.items():
             self.client.set_model_version_tag(model, version, key, str(value))
 
+    def attach_model_card(self, model: str, version: str, run_id: str, card: str) -> None:
+        """The card becomes the version's description in the registry UI and an artifact of its run."""
+        self.client.update_model_version(model, version, description=card)
+        self.client.log_text(run_id, card, "model_card.md")
+
     def version_by_alias(self, model: str, alias: str):
         from mlflow.exceptions import MlflowException
 
