@@ -26,11 +26,13 @@ labelled rows is split, with d = decision, share = share of labelled rows, rate 
     change = sum_d (share_cur(d) - share_ref(d)) * rate_ref(d)    self-caused: the new mix at the old rates
            + sum_d share_cur(d) * (rate_cur(d) - rate_ref(d))     outside: the rates per decision moved
 
-and only the outside part counts. Limits, plainly: with no policy change nothing is self-caused (a
-mix that moves under an unchanged policy moves because the inputs did). When a window takes a
-decision the reference never took (the first model auto-sends; the cold-start rule never did), the
-old rate of that decision is unknown: nothing is attributed to the loop and the whole change counts
-as outside (conservative: at worst one retraining too many). When features drift while the policy
+and only the outside part counts. A policy version counts for a window when it decided at least
+`POLICY_MIN_SHARE` of the window's rows (a few actions at a window's edge are not a policy change).
+Limits, plainly: with no policy change nothing is self-caused (a mix that moves under an unchanged
+policy moves because the inputs did). When a window takes a decision the reference took on fewer
+than `kpi_min_rows` labelled rows (the first model auto-sends; the cold-start rule never did), the
+old rate of that decision is unknown or too noisy: nothing is attributed to the loop and the whole
+change counts as outside (conservative: at worst one retraining too many). When features drift while the policy
 changes, the mix change the features caused is attributed to the policy; the feature drift itself
 is still counted by the feature and score checks.
 
@@ -63,6 +65,8 @@ WEEK = timedelta(days=7)
 # jitter and must not suppress this week's trigger; a retraining from the same week must.
 RETRAIN_COOLDOWN = timedelta(days=6)
 REFERENCE = "reference"
+# A policy version that decided less than this share of a window's rows does not make it a different policy.
+POLICY_MIN_SHARE = 0.05
 
 
 def window_bounds(as_of: datetime, n: int) -> list[tuple[datetime, datetime]]:
@@ -80,8 +84,15 @@ def assign_windows(frame: pl.DataFrame, as_of: datetime, n: int) -> pl.DataFrame
 
 
 def policy_version() -> pl.Expr:
-    """A policy version is the model version together with the threshold it decided with."""
-    return pl.format("v{} @ {}", pl.col("model_version"), pl.col("threshold").round(4))
+    """A policy version is the model version together with the threshold it decided with ("v3 @ 0.42", "rule @ 0.5")."""
+    version = pl.col("model_version")
+    named = pl.when(version.str.contains(r"^\d+$")).then(pl.format("v{}", version)).otherwise(version)
+    return pl.format("{} @ {}", named, pl.col("threshold").round(4))
+
+
+def _policies(frame: pl.DataFrame) -> tuple[str, ...]:
+    shares = frame.group_by(policy_version().alias("policy")).agg((pl.len() / frame.height).alias("share"))
+    return tuple(sorted(shares.filter(pl.col("share") >= POLICY_MIN_SHARE).get_column("policy").to_list()))
 
 
 @dataclass(frozen=True)
@@ -111,8 +122,7 @@ def _per_decision(frame: pl.DataFrame) -> pl.DataFrame:
 def policy_shift(reference: pl.DataFrame, current: pl.DataFrame, spec: ModelSpec) -> PolicyShift:
     """Split the outcome-rate change between two windows into the self-caused and the outside part
     (see the module docstring for exactly what counts)."""
-    policies = {name: tuple(sorted(frame.select(policy_version().unique()).to_series().to_list()))
-                for name, frame in (("reference", reference), ("current", current))}
+    policies = {"reference": _policies(reference), "current": _policies(current)}
     positive = {name: float((frame.get_column("decision") == spec.positive_decision).mean() or 0.0)
                 for name, frame in (("reference", reference), ("current", current))}
     ref, cur = _per_decision(reference), _per_decision(current)
@@ -129,11 +139,12 @@ def policy_shift(reference: pl.DataFrame, current: pl.DataFrame, spec: ModelSpec
                            outside=change, note="same policy versions: the whole change is outside")
     joined = cur.join(ref, on="decision", how="full", coalesce=True, suffix="_ref").with_columns(
         pl.col("share", "share_ref").fill_null(0.0))
-    unknown = joined.filter((pl.col("share") > 0) & pl.col("rate_ref").is_null()).get_column("decision").to_list()
+    unknown = (joined.filter((pl.col("share") > 0) & (pl.col("n_ref").fill_null(0) < spec.drift.kpi_min_rows))
+               .get_column("decision").to_list())
     if unknown:
         return PolicyShift(**base, outcome_rate_reference=rate_ref, outcome_rate_current=rate_cur, self_caused=None,
-                           outside=change, note=f"decision {', '.join(unknown)} never taken in the reference window: "
-                                                "its old rate is unknown, the whole change counts as outside")
+                           outside=change, note=f"decision {', '.join(unknown)} taken on fewer than {spec.drift.kpi_min_rows} "
+                                                "labelled reference rows: its old rate is unknown, the whole change counts as outside")
     mix = float(joined.select(((pl.col("share") - pl.col("share_ref")) * pl.col("rate_ref").fill_null(0.0)).sum()).item())
     return PolicyShift(**base, outcome_rate_reference=rate_ref, outcome_rate_current=rate_cur, self_caused=mix,
                        outside=change - mix, note="policy changed: the new decision mix at the old per-decision rates "

@@ -122,10 +122,23 @@ def test_rates_that_fall_within_each_decision_are_outside_even_when_the_policy_c
 
 def test_a_decision_the_reference_never_took_cannot_be_attributed_to_the_loop():
     ref = reference(1000).with_columns(decision=pl.lit("nurture"), model_version=pl.lit("rule"))
+    assert policy_shift(ref, ref, SPEC).reference_policies == ("rule @ 0.5",)
     shift = policy_shift(ref, week(0, 2, n=1000, version="1"), SPEC)
     assert shift.policy_changed and shift.self_caused is None
     assert shift.outside == pytest.approx(shift.outcome_rate_current - shift.outcome_rate_reference)
-    assert "propose_meeting never taken" in shift.note
+    assert "propose_meeting taken on fewer than 200" in shift.note
+    # A handful of reference rows gives no reliable old rate either (6 of 1000 is 0.6 %, under 200 rows).
+    few = reference(1000).with_columns(decision=pl.when(pl.int_range(pl.len()) < 6).then(pl.lit("propose_meeting"))
+                                       .otherwise(pl.lit("nurture")), model_version=pl.lit("rule"))
+    assert policy_shift(few, week(0, 2, n=1000, version="1"), SPEC).self_caused is None
+
+
+def test_a_few_actions_of_another_policy_at_a_window_edge_are_no_policy_change():
+    edge = pl.concat([week(0, 2, n=980), week(0, 3, n=20, version="2", threshold=0.3)])  # 2 % by the next policy
+    shift = policy_shift(reference(1000), edge, SPEC)
+    assert shift.current_policies == ("v1 @ 0.5",) and not shift.policy_changed
+    assert policy_shift(reference(1000), pl.concat([week(0, 2, n=900), week(0, 3, n=100, version="2")]),
+                        SPEC).policy_changed  # 10 % is a policy change
 
 
 def test_policy_table_reports_each_policy_version_per_window():
