@@ -63,6 +63,16 @@ class DriftConfig:
     drift_share: float
     score_threshold: float
     outcome_rate_tolerance: float
+    # Retraining trigger (models/trigger.py). A single noisy week must not retrain: drift has to
+    # show in at least `trigger_k` of the last `trigger_n` weekly windows (the latest included),
+    # or in the latest window together with a KPI drop.
+    trigger_k: int = 2
+    trigger_n: int = 3
+    # KPI = positive-outcome rate at equal label age; a drop counts when the part of it that the
+    # loop's own policy change does not explain exceeds this (absolute, e.g. 0.03 = 3 points).
+    kpi_drop_tolerance: float = 0.03
+    # Fewer labelled rows than this in a window: its KPI is too noisy to act on (reported, not used).
+    kpi_min_rows: int = 200
 
 
 @dataclass(frozen=True)
@@ -159,6 +169,9 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
     for c in conditions:
         if c.column not in {f.name for f in features}:
             raise SpecError(f"{path}: [cold_start] uses unknown column '{c.column}'")
+    drift = _build(DriftConfig, _section(raw, "drift", path), path, "drift")
+    if not 1 <= drift.trigger_k <= drift.trigger_n:
+        raise SpecError(f"{path}: [drift] needs 1 <= trigger_k <= trigger_n, got k={drift.trigger_k}, n={drift.trigger_n}")
     policy = raw.get("unknown_categories", "accept")
     if policy not in ("accept", "reject"):
         raise SpecError(f"{path}: unknown_categories must be 'accept' or 'reject', not {policy!r}")
@@ -175,7 +188,7 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
         features=tuple(features),
         outcomes=out,
         objective=_build(Objective, _section(raw, "objective", path), path, "objective"),
-        drift=_build(DriftConfig, _section(raw, "drift", path), path, "drift"),
+        drift=drift,
         cold_start=conditions,
         training=_build(TrainingConfig, _section(raw, "training", path), path, "training"),
         gates=gates,

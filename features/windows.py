@@ -30,6 +30,9 @@ def window(store: EventStore, spec: ModelSpec, start: datetime, end: datetime, a
 
 def drift_windows(store: EventStore, spec: ModelSpec, as_of: datetime, reference_end: datetime,
                   current_days: int = 7, reference_days: int = 28) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The reference (the champion's training window) and the recent actions the trigger cuts into
+    weekly windows. ``current_days`` covers all of them (``7 * trigger_n``): they come from the
+    stored rows as of now, not from past monitor runs, so a backlog of missed weeks leaves no holes."""
     reference = window(store, spec, reference_end - timedelta(days=reference_days), reference_end, as_of)
     current = window(store, spec, as_of - timedelta(days=current_days), as_of, as_of)
     return reference, current

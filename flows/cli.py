@@ -351,7 +351,10 @@ def serve() -> None:
 
         console.print(f"alerts: {', '.join(ensure_alert_automations(webhook))}")
     from flows.serve import serve_all
+    from flows.triggers import RETRAINING_TRIGGERED
 
+    console.print(f"event-driven retraining: {RETRAINING_TRIGGERED} starts retrain-<model>-weekly "
+                  f"(automations loop-retrain-<model>-on-trigger for {', '.join(runtime.specs)})")
     serve_all(list(runtime.specs))
 
 

@@ -61,9 +61,11 @@ def self_optimise_flow(as_of: datetime | None = None, inbox: str | None = None, 
                          "decision": f"week already {found}"})
             continue
         try:
-            drift = monitor_flow(model, as_of)
+            # This cycle retrains itself when the trigger fires: no event, or the automation would start a second run.
+            drift = monitor_flow(model, as_of, emit_trigger=False)
             due = retraining_due(last_trained(model), as_of, runtime.spec(model).training.retrain_every_weeks)
-            reason = "drift" if drift["drift_detected"] else ("schedule" if due else None)
+            triggered = (drift.get("trigger") or {}).get("triggered", False)
+            reason = "trigger" if triggered else ("schedule" if due else None)
             retrain = retrain_flow(model, as_of) if reason else {"status": "not_due"}
         except Exception as exc:
             finish(model, week, "failed", as_of, f"{type(exc).__name__}: {exc}")

@@ -16,9 +16,13 @@ def build_deployments(models: list[str]) -> list:
     """Inbox ingest every 15 minutes, the weekly cycle and per-model retraining Monday 03:00 Berlin, daily monitoring,
     daily store maintenance (retention, compaction, vacuum) at 04:30.
 
-    Retraining of one model never overlaps itself (concurrency limit 1 per deployment). The approval deployment
-    has no schedule: the retraining starts one run per promotion waiting for a person, and those runs wait
-    in parallel (no limit), outside the retraining's slot.
+    Retraining of one model never overlaps itself (concurrency limit 1 per deployment). Each retraining
+    deployment also carries the automation that starts it on `loop.retraining.triggered` for its model
+    (flows/triggers.py): retraining on evidence, not only on the calendar. Served runs of monitoring and
+    retraining retry the whole flow with growing delays after their tasks' own retries are spent (a
+    tracking server or store that is down for minutes); then the run ends Failed with the exception as
+    its state message. The approval deployment has no schedule: the retraining starts one run per promotion
+    waiting for a person, and those runs wait in parallel (no limit), outside the retraining's slot.
     """
     from flows.approval import approval_flow
     from flows.ingest import ingest_inbox_flow
@@ -26,6 +30,11 @@ def build_deployments(models: list[str]) -> list:
     from flows.monitor import monitor_flow
     from flows.retrain import retrain_flow
     from flows.self_optimise import self_optimise_flow
+    from flows.triggers import retraining_automation
+
+    # Flow-level retries only for served runs: in-process calls (CLI, demo, weekly cycle) keep failing fast.
+    monitor = monitor_flow.with_options(retries=2, retry_delay_seconds=[60, 300])
+    retrain = retrain_flow.with_options(retries=1, retry_delay_seconds=[300])
 
     deployments = [
         ingest_inbox_flow.to_deployment(name="inbox-every-15-minutes", schedule=Interval(timedelta(minutes=15))),
@@ -36,11 +45,11 @@ def build_deployments(models: list[str]) -> list:
         approval_flow.to_deployment(name="approve-promotion"),
     ]
     for model in models:
-        deployments.append(monitor_flow.to_deployment(name=f"monitor-{model}-daily", parameters={"model": model},
-                                                      schedule=Cron(DAILY_0600, timezone=BERLIN)))
-        deployments.append(retrain_flow.to_deployment(name=f"retrain-{model}-weekly", parameters={"model": model},
-                                                      schedule=Cron(WEEKLY_MONDAY_0300, timezone=BERLIN),
-                                                      concurrency_limit=1))
+        deployments.append(monitor.to_deployment(name=f"monitor-{model}-daily", parameters={"model": model},
+                                                 schedule=Cron(DAILY_0600, timezone=BERLIN)))
+        deployments.append(retrain.to_deployment(name=f"retrain-{model}-weekly", parameters={"model": model},
+                                                 schedule=Cron(WEEKLY_MONDAY_0300, timezone=BERLIN),
+                                                 concurrency_limit=1, triggers=[retraining_automation(model)]))
     return deployments
 
 

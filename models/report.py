@@ -49,13 +49,32 @@ def drift_summary(model: str, week: str, drift: dict[str, Any]) -> str:
     if drift.get("status") != "checked":
         return f"# Drift `{model}`, {week}\n\n{drift.get('reason', 'not checked')}"
     flag = "DRIFT" if drift["drift_detected"] else "no drift"
-    return "\n".join([
+    lines = [
         f"# Drift `{model}`, {week}: **{flag}**", "",
         f"Reference: champion v{drift['champion_version']}'s training window ({drift['reference_rows']} actions); "
         f"current: last 7 days ({drift['current_rows']} actions).", "",
         f"- drifted features: {drift['drifted_share']:.0%} ({drift['drifted_columns'] or 'none'})",
         f"- score distribution: {'drifted' if drift['score_drifted'] else 'stable'} (distance {drift.get('score_distance', 0):.3f})",
         f"- outcome rate at equal label age: {_fmt(drift.get('outcome_rate_reference'))} -> "
-        f"{_fmt(drift.get('outcome_rate_current'))} ({'drifted' if drift['outcome_rate_drifted'] else 'stable'})",
+        f"{_fmt(drift.get('outcome_rate_current'))} ({'beyond' if drift['outcome_rate_drifted'] else 'within'} tolerance); "
+        f"self-caused {_fmt(drift.get('outcome_rate_self_caused'))}, outside {_fmt(drift.get('outcome_rate_outside'))}: "
+        f"{drift.get('outcome_rate_note', '')}",
         f"- Evidently report logged to MLflow run `{drift['run_id']}`",
-    ])
+    ]
+    trigger = drift.get("trigger")
+    if trigger:
+        kpi = drift["kpi"]
+        lines += [
+            "", f"## Retraining trigger: **{'FIRED' if trigger['triggered'] else 'not fired'}**", "",
+            f"{trigger['reason']}.", "",
+            f"KPI (positive-outcome rate at equal label age) in window {_fmt(kpi['window'])}: "
+            f"{_fmt(kpi['reference'])} -> {_fmt(kpi['current'])}, of which self-caused {_fmt(kpi['self_caused'])}, "
+            f"outside {_fmt(kpi['outside_change'])} ({'a drop' if kpi['dropped'] else 'no drop'}).", "",
+            "### Weekly windows (0 = the latest), each against the reference", "",
+            "`outside_drift` is what counts: feature or score drift, or an outcome-rate change beyond tolerance "
+            "after removing the part the policy change explains (`self_caused`).", "",
+            markdown_table(drift["windows"]), "",
+            "### Per policy version (model version @ threshold)", "",
+            markdown_table(drift["policies"]),
+        ]
+    return "\n".join(lines)
