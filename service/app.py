@@ -13,7 +13,6 @@ names the field (``columns.company_size``, ``entities.3.industry``). Fields the 
 know are refused, so no free text (an e-mail body) can slip into the store.
 """
 
-import asyncio
 import hmac
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -35,6 +34,7 @@ from pydantic import (
 
 from features.contract import feature_schema
 from features.spec import ModelSpec
+from service.batching import MicroBatcher
 from service.scoring import ScoringService
 
 MAX_BATCH = 10_000
@@ -150,10 +150,14 @@ def _json(payload: dict) -> Response:
 
 
 def create_app(service: ScoringService) -> FastAPI:
+    batcher = MicroBatcher(service.decide)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         service.start()
+        batcher.start()
         yield
+        await batcher.stop()
         service.stop()
 
     app = FastAPI(title="Feedback loop scoring API", version="1",
@@ -194,7 +198,7 @@ def create_app(service: ScoringService) -> FastAPI:
                 for name, p in service.policies.items()}
 
     for spec in service.specs.values():
-        _add_decide_route(app, service, spec, authorised)
+        _add_decide_route(app, batcher, spec, authorised)
 
     outcomes_request = outcomes_model(service.specs)
 
@@ -217,7 +221,7 @@ def create_app(service: ScoringService) -> FastAPI:
     return app
 
 
-def _add_decide_route(app: FastAPI, service: ScoringService, spec: ModelSpec, authorised) -> None:
+def _add_decide_route(app: FastAPI, batcher: MicroBatcher, spec: ModelSpec, authorised) -> None:
     body_model = request_model(spec)
     schema = {"entity_ref": pl.String, **feature_schema(spec)}
 
@@ -226,7 +230,7 @@ def _add_decide_route(app: FastAPI, service: ScoringService, spec: ModelSpec, au
             frame = pl.DataFrame({column: getattr(body.columns, column) for column in schema}, schema=schema)
         else:
             frame = pl.DataFrame([entity.model_dump() for entity in body.entities], schema=schema)
-        actions = await asyncio.wrap_future(service.submit(spec.name, frame))
+        actions = await batcher.submit(spec.name, frame)
         first = actions.row(0, named=True)
         out = actions.select("action_id", "score", "decision", "propensity")
         payload: dict[str, Any] = {"model": spec.name, "model_version": first["model_version"],

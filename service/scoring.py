@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
 import threading
-from concurrent.futures import Future
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,12 +25,12 @@ import polars as pl
 
 from features.clock import Clock, SystemClock
 from features.contract import OUTCOME_SCHEMA, UTC_TIME
-from features.ingest import IngestReport, ingest_batches
+from features.ingest import ingest_batches
 from features.settings import Settings
 from features.spec import ModelSpec
 from features.store import EventStore
 from models.policy import Policy
-from service.batching import MicroBatcher
+from service.priority import lower_priority
 from service.wal import ACTIONS, OUTCOMES, WriteAheadLog, read_segment
 
 log = logging.getLogger("loop.api")
@@ -91,11 +93,14 @@ class ScoringService:
         self._flush_wanted = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._batcher: MicroBatcher | None = None
+        self._pool: ProcessPoolExecutor | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, background: bool = True) -> None:
         """Replay what a previous process left in the log, load the champions, then start the helpers."""
+        # Start the flusher process now: its start-up (imports) costs a second of CPU that should not
+        # land in the middle of serving.
+        self._flusher().submit(warm_up).result()
         self.health.replayed_rows = self.flush()
         self.reload_champions()
         # One thread per prediction: concurrency comes from requests (micro-batched), and OpenMP's
@@ -105,20 +110,19 @@ class ScoringService:
         threadpool_limits(1)
         self.health.started = True
         if background:
-            self._batcher = MicroBatcher(self.decide)
             for target, name in ((self._flush_loop, "wal-flusher"), (self._reload_loop, "champion-watcher")):
                 thread = threading.Thread(target=target, name=name, daemon=True)
                 thread.start()
                 self._threads.append(thread)
 
     def stop(self) -> None:
-        if self._batcher is not None:
-            self._batcher.close()
         self._stop.set()
         self._flush_wanted.set()
         for thread in self._threads:
             thread.join(timeout=60)
         self.flush()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self.wal.close()
 
     def _flush_loop(self) -> None:
@@ -165,12 +169,6 @@ class ScoringService:
         self._log(ACTIONS, actions)
         return actions
 
-    def submit(self, model: str, entities: pl.DataFrame) -> Future:
-        """``decide`` through the micro-batcher (the service is started): many callers, one prediction."""
-        if self._batcher is None:
-            raise RuntimeError("the service is not started")
-        return self._batcher.submit(model, entities)
-
     def record_outcomes(self, outcomes: pl.DataFrame) -> int:
         columns = [pl.col(c) if c in outcomes.columns else pl.lit(None).alias(c) for c in (*OUTCOME_SCHEMA, "model")]
         self._log(OUTCOMES, outcomes.select(columns).cast({**OUTCOME_SCHEMA, "model": pl.String}))
@@ -185,42 +183,67 @@ class ScoringService:
     def flush(self) -> int:
         """Move every sealed log segment into the store, one atomic ingest per segment; returns rows moved.
 
-        A segment is removed only after its ingest is complete; if the process dies in between, the
-        next flush ingests it again and the store keeps one copy of each row.
+        The ingest runs in a child process of its own: its Python work (validation, the duplicate
+        check) would otherwise hold the GIL in the serving process, and requests answered during a
+        flush took 30 ms instead of 10 at the 99th percentile. A segment is removed only after its
+        ingest is complete; if anything dies in between, the next flush ingests it again and the
+        store keeps one copy of each row.
         """
         moved = 0
         with self._flush_lock:
             try:
                 for path in self.wal.seal():
-                    segment = read_segment(path)
-                    if segment.rows:
-                        report = self._ingest(segment)
-                        if report.failed_files:
-                            raise RuntimeError(report.failed_files[0][1])
-                        if report.quarantined:
-                            log.error("%d rows of %s were quarantined (see `loop quarantine`)", report.quarantined, path.name)
-                    self.health.torn_bytes += segment.torn_bytes
+                    result = self._flusher().submit(ingest_segment, str(path), self.store.uri, self.specs,
+                                                    self.key).result()
+                    if result["failed"]:
+                        raise RuntimeError(result["failed"])
+                    if result["quarantined"]:
+                        log.error("%d rows of %s were quarantined (see `loop quarantine`)", result["quarantined"], path.name)
+                    self.health.torn_bytes += result["torn_bytes"]
                     self.wal.remove(path)
-                    moved += segment.rows
+                    moved += result["rows"]
                 self.health.last_flush_error = None
             except Exception as exc:  # noqa: BLE001 - segments stay on disk; the next flush retries them
+                if isinstance(exc, BrokenProcessPool):
+                    self._pool = None
                 self.health.last_flush_error = f"{type(exc).__name__}: {exc}"
                 log.error("flushing the write-ahead log failed (will retry): %s", self.health.last_flush_error)
             self.health.last_flush_at = self.clock.now()
             self.health.flushed_rows += moved
         return moved
 
-    def _ingest(self, segment) -> IngestReport:
-        batches: list[pl.DataFrame] = []
-        if segment.actions:
-            actions = pl.concat(segment.actions, how="diagonal_relaxed")
-            batches += [rows for _, rows in actions.group_by("model", maintain_order=True)]
-        if segment.outcomes:
-            batches.append(pl.concat(segment.outcomes, how="diagonal_relaxed"))
-        numbered, first = [], 1
-        for rows in batches:
-            numbered.append((rows, first))
-            first += rows.height
-        digest = hashlib.sha256(segment.path.read_bytes()).hexdigest()[:16]
-        with self.store.writer():
-            return ingest_batches(numbered, f"api-wal:{segment.path.name}", digest, self.store, self.clock, self.key)
+    def _flusher(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=lower_priority)
+        return self._pool
+
+
+def warm_up() -> None:
+    """Import what ingesting needs, in the flusher process."""
+    import deltalake  # noqa: F401
+
+    import features.ingest  # noqa: F401
+
+
+def ingest_segment(path: str, store_uri: str, specs: dict[str, ModelSpec], key: bytes) -> dict:
+    """One sealed log segment into the store as one atomic, idempotent ingest (runs in the flusher process)."""
+    segment = read_segment(Path(path))
+    if not segment.rows:
+        return {"rows": 0, "torn_bytes": segment.torn_bytes, "quarantined": 0, "failed": None}
+    batches: list[pl.DataFrame] = []
+    if segment.actions:
+        actions = pl.concat(segment.actions, how="diagonal_relaxed")
+        batches += [rows for _, rows in actions.group_by("model", maintain_order=True)]
+    if segment.outcomes:
+        batches.append(pl.concat(segment.outcomes, how="diagonal_relaxed"))
+    numbered, first = [], 1
+    for rows in batches:
+        numbered.append((rows, first))
+        first += rows.height
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    store = EventStore(store_uri, specs)
+    with store.writer():
+        report = ingest_batches(numbered, f"api-wal:{Path(path).name}", digest, store, SystemClock(), key)
+    return {"rows": segment.rows, "torn_bytes": segment.torn_bytes, "quarantined": report.quarantined,
+            "failed": report.failed_files[0][1] if report.failed_files else None}

@@ -45,10 +45,13 @@ def test_vectorised_pseudonyms_equal_python_hmac(key):
     assert out.name == "entity_id" and out.dtype == pl.String
 
 
-def test_pseudonyms_pass_through_nulls_stay_null_and_repeats_agree():
-    ids = pl.Series("entity_id", ["anna@kunde.de", None, "pid_0123456789abcdef01234567", "anna@kunde.de", None,
-                                  "pid_custom", "PID_not_a_prefix"])
+@pytest.mark.parametrize("repeat", [1, 20], ids=["few-python-hmac", "many-vectorised"])
+def test_pseudonyms_pass_through_nulls_stay_null_and_repeats_agree(repeat):
+    values = ["anna@kunde.de", None, "pid_0123456789abcdef01234567", "anna@kunde.de", None, "pid_custom",
+              "PID_not_a_prefix"]
+    ids = pl.Series("entity_id", values * repeat)
     out = pseudonymise(ids, KEY).to_list()
+    assert out == out[:7] * repeat
     assert out[0] == out[3] == _reference("anna@kunde.de", KEY)
     assert out[1] is None and out[4] is None
     assert out[2] == "pid_0123456789abcdef01234567" and out[5] == "pid_custom"
