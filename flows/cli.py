@@ -192,6 +192,37 @@ def simulate(out: Annotated[Path, typer.Option(help="Folder to write the simulat
 
 
 @app.command()
+def feed(url: Annotated[str, typer.Option(help="The scoring API's address.")] = "http://127.0.0.1:8000",
+         weeks: Annotated[int, typer.Option(help="Simulated weeks to send.")] = 1,
+         first_week: Annotated[int, typer.Option(help="First simulated week (0-based).")] = 0,
+         seed: Annotated[int, typer.Option(help="Seed of the synthetic world.")] = 7) -> None:
+    """Play the company's CRM and mailbox against `loop api`: ask for decisions, report outcomes (LOOP_API_TOKEN if set)."""
+    import httpx
+
+    from features.settings import Settings
+    from features.spec import load_specs
+    from simulator.feed import feed_week
+    from simulator.world import MODELS, World, WorldConfig
+
+    specs = load_specs(Settings.from_env().specs_dir)
+    world = World(WorldConfig(seed=seed), specs)
+    token = os.environ.get("LOOP_API_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client, Progress(console=console) as progress:
+        bar = progress.add_task("simulated weeks", total=weeks * len(MODELS))
+        for week in range(first_week, first_week + weeks):
+            for model in MODELS:
+                try:
+                    result = feed_week(client, world, specs[model], week)
+                except httpx.HTTPError as exc:
+                    _fail(f"the scoring API at {url} failed: {exc}")
+                progress.console.print(f"week {week} {model}: {result.decisions} decisions ({result.positive} "
+                                       f"{specs[model].positive_decision}) by version {', '.join(result.model_versions)}, "
+                                       f"{result.outcomes} outcomes reported")
+                progress.advance(bar)
+
+
+@app.command()
 def train(model: Annotated[str, typer.Argument(help="Model name, e.g. lead_scoring.")], as_of: AsOf = None) -> None:
     """Retrain MODEL on mature outcomes, log it to MLflow and promote it if the gates pass."""
     runtime = _runtime()

@@ -292,3 +292,25 @@ def test_the_micro_batcher_scores_waiting_requests_together_and_returns_each_its
     # The 31 requests submitted together were scored in one call per model, not one call each.
     assert sorted(calls[:3]) == [("a", sum(i % 4 + 1 for i in range(30) if i % 3)),
                                  ("b", sum(i % 4 + 1 for i in range(30) if not i % 3)), ("broken", 1)]
+
+
+def test_the_simulated_crm_closes_the_loop_through_the_api(tmp_path, monkeypatch, specs):
+    from simulator.feed import feed_week
+
+    home = tmp_path / "loop"
+    world = World(WorldConfig(seed=4, leads_per_week=300, emails_per_week=500), specs)
+    with api_process(home, LOOP_API_FLUSH_SECONDS="0.5") as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        results = [feed_week(client, world, specs[model], 0) for model in ("lead_scoring", "reply_acceptance")]
+        runtime = _runtime(home, monkeypatch)
+        _wait_for(lambda: runtime.store.scan_outcomes().collect().height == sum(r.outcomes for r in results),
+                  "the fed outcomes to reach the store")
+    for result, expected in zip(results, (300, 500), strict=True):
+        assert result.decisions == expected and result.model_versions == ("rule",)
+        actions = runtime.store.scan_actions(result.model).collect()
+        assert actions.height == expected
+        assert int((actions["decision"] == specs[result.model].positive_decision).sum()) == result.positive
+    outcomes = runtime.store.scan_outcomes().collect()
+    # Every reported outcome belongs to a stored action of its model.
+    for model in ("lead_scoring", "reply_acceptance"):
+        ids = runtime.store.scan_actions(model).select("action_id").collect()
+        assert outcomes.filter(pl.col("model") == model).join(ids, on="action_id", how="anti").is_empty()
