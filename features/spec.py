@@ -98,6 +98,15 @@ class Gates:
 
 
 @dataclass(frozen=True)
+class Exploration:
+    """Flip ``share`` of the decisions whose score is within ``band`` of the threshold (see models/exploration.py)."""
+    share: float = 0.0
+    band: float = 0.0
+    seed: int = 0
+    never_to: tuple[str, ...] = ()     # decisions exploration never takes (e.g. auto_send)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     description: str
@@ -114,6 +123,7 @@ class ModelSpec:
     gates: Gates
     content_hash: str
     source_text: str
+    exploration: Exploration = Exploration()
 
     @property
     def feature_names(self) -> list[str]:
@@ -175,6 +185,15 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
     policy = raw.get("unknown_categories", "accept")
     if policy not in ("accept", "reject"):
         raise SpecError(f"{path}: unknown_categories must be 'accept' or 'reject', not {policy!r}")
+    exploration = _build(Exploration, raw.get("exploration", {}), path, "exploration")
+    exploration = Exploration(float(exploration.share), float(exploration.band), int(exploration.seed),
+                              tuple(exploration.never_to))
+    if not (0 <= exploration.share < 0.5 and exploration.band >= 0):
+        raise SpecError(f"{path}: [exploration] needs 0 <= share < 0.5 and band >= 0, got share={exploration.share}, "
+                        f"band={exploration.band}")
+    positive, negative = raw["positive_decision"], raw["negative_decision"]
+    if set(exploration.never_to) - {positive, negative}:
+        raise SpecError(f"{path}: [exploration] never_to names decisions other than {positive!r} and {negative!r}")
     gates = _build(Gates, _section(raw, "gates", path), path, "gates")
     if not gates.approval_timeout_hours > 0:
         raise SpecError(f"{path}: [gates] approval_timeout_hours must be positive, not {gates.approval_timeout_hours!r}")
@@ -194,6 +213,7 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
         gates=gates,
         content_hash=hashlib.sha256(text.encode()).hexdigest()[:16],
         source_text=text,
+        exploration=exploration,
     )
 
 

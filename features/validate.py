@@ -211,13 +211,19 @@ def _time_checks(v: _Columns, name: str, now: datetime, required: bool) -> list[
     return checks
 
 
-def _probability_checks(v: _Columns, name: str) -> list[Check]:
+def _probability_checks(v: _Columns, name: str, required: bool = True) -> list[Check]:
     blank, parsed = v.blank(name), v.number(name)
-    return [
-        (blank, pl.lit(f"{name} is empty")),
+    checks = [
         (~blank & parsed.is_null(), pl.format("{} '{}' is not a number", pl.lit(name), pl.col(name))),
         ((parsed < 0) | (parsed > 1), pl.format("{} {} is outside [0, 1]", pl.lit(name), pl.col(name))),
     ]
+    return [(blank, pl.lit(f"{name} is empty")), *checks] if required else checks
+
+
+# Decisions logged before exploration existed, or backfilled from history, come from a policy whose
+# probabilities nobody knows: an empty propensity says so (stored as null), and off-policy estimates
+# leave such rows out instead of pretending they were certain.
+OPTIONAL_ACTION_COLUMNS = ("propensity",)
 
 
 def _feature_checks(v: _Columns, spec: ModelSpec, columns: set[str]) -> list[Check]:
@@ -302,7 +308,8 @@ def validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datetime, 
                            f"columns were: {', '.join(df.columns) or 'none'}")
     typed = _typed_columns(df, _roles(specs))
     wanted = (set(ACTION_SCHEMA) | {"revenue", "outcome", "observed_at"}) if is_actions else (set(OUTCOME_SCHEMA) | {"model"})
-    missing_required = [c for c in (ACTION_SCHEMA if is_actions else ["action_id", "observed_at", "outcome"]) if c not in columns]
+    missing_required = [c for c in (ACTION_SCHEMA if is_actions else ["action_id", "observed_at", "outcome"])
+                        if c not in columns and c not in OPTIONAL_ACTION_COLUMNS]
     work = df.select([pl.col(n) if n in typed else _text_expr(n, d) for n, d in df.schema.items()]).with_columns(
         [pl.lit(None, pl.String).alias(c) for c in sorted(wanted - columns)]).with_row_index(ROW, offset=first_row_number)
 
@@ -314,8 +321,10 @@ def validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datetime, 
                        pl.format("unknown model '{}' (known: {})", pl.col("model"), pl.lit(", ".join(specs)))))
         checks.append((v.blank("model"), pl.lit("model is empty")))
         checks += _time_checks(v, "decided_at", now, required=True)
-        for name in ("score", "threshold", "propensity"):
+        for name in ("score", "threshold"):
             checks += _probability_checks(v, name)
+        checks += _probability_checks(v, "propensity", required=False)
+        checks.append((v.number("propensity") == 0, pl.lit("propensity 0 says the decision could not have been taken")))
         for spec in specs.values():
             checks += _feature_checks(v, spec, columns)
         if has_outcomes:

@@ -1,7 +1,7 @@
 """The decision policy the company's automations call: champion model + threshold, or the cold-start rule.
 
 Every decision becomes an action row of the contract, with the score, threshold, decision and
-the propensity of that decision (1.0 here: the policy is deterministic).
+the propensity of that decision (below 1 only where the spec's exploration may flip it).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import polars as pl
 from features.contract import ACTION_SCHEMA, feature_schema
 from features.pseudonymise import pseudonymise
 from features.spec import ModelSpec
+from models.exploration import explore
 from models.registry import LoadedModel
 from models.train import predict_scores
 
@@ -58,23 +59,28 @@ class Policy:
         positive = np.asarray(scores) >= self.threshold
         return pl.Series("decision", np.where(positive, self.spec.positive_decision, self.spec.negative_decision))
 
-    def decide(self, entities: pl.DataFrame, key: bytes) -> pl.DataFrame:
+    def decide(self, entities: pl.DataFrame, key: bytes, action_ids: pl.Series | None = None) -> pl.DataFrame:
         """Score entities (``entity_ref``, ``decided_at``, the spec's features) and return action rows.
 
-        Raw identifiers are pseudonymised here, before the action exists anywhere else.
+        Raw identifiers are pseudonymised here, before the action exists anywhere else. Without
+        ``action_ids`` each action gets a deterministic id (one entity decided at one instant by one
+        model is one action). Decisions near the threshold explore (models/exploration.py); every
+        action carries the propensity of its decision.
         """
         scores = self.scores(entities)
         entity_id = pseudonymise(entities.get_column("entity_ref"), key).alias("entity_id")
-        actions = entities.with_columns(
-            entity_id,
+        frame = entities.with_columns(entity_id)
+        if action_ids is None:
+            action_ids = frame.select(pl.format("{}-{}-{}", pl.lit(self.spec.name[:4]), pl.col("entity_id").str.slice(4, 16),
+                                                pl.col("decided_at").dt.epoch("ms"))).to_series()
+        explored = explore(scores, self.threshold, action_ids, self.spec)
+        actions = frame.with_columns(
+            action_ids.alias("action_id"),
             pl.Series("score", scores, dtype=pl.Float64),
-            self.decisions(scores),
+            explored.decisions,
             pl.lit(self.spec.name).alias("model"),
             pl.lit(self.version).alias("model_version"),
             pl.lit(self.threshold).alias("threshold"),
-            pl.lit(1.0).alias("propensity"),
-        ).with_columns(
-            # Deterministic id: one entity decided at one instant by one model is one action.
-            pl.format("{}-{}-{}", pl.lit(self.spec.name[:4]), pl.col("entity_id").str.slice(4, 16),
-                      pl.col("decided_at").dt.epoch("ms")).alias("action_id"))
+            pl.Series("propensity", explored.propensity, dtype=pl.Float64),
+        )
         return actions.select(list(ACTION_SCHEMA) + list(feature_schema(self.spec)))

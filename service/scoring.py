@@ -165,7 +165,7 @@ class ScoringService:
         policy = self.policies[model]
         now = self.clock.now()
         frame = entities.with_columns(pl.lit(now).cast(UTC_TIME).alias("decided_at"))
-        actions = policy.decide(frame, self.key).with_columns(new_action_ids(model, now, frame.height).alias("action_id"))
+        actions = policy.decide(frame, self.key, new_action_ids(model, now, frame.height))
         self._log(ACTIONS, actions)
         return actions
 

@@ -25,6 +25,7 @@ BAD_ROWS = [
     ({"decided_at": "2026-03-01T10:00:00+00:00"}, "is in the future"),
     ({"score": "1.7"}, "score 1.7 is outside [0, 1]"),
     ({"propensity": "-0.1"}, "propensity -0.1 is outside [0, 1]"),
+    ({"propensity": "0"}, "propensity 0 says the decision could not have been taken"),
     ({"score": "high"}, "score 'high' is not a number"),
     ({"company_size": "many"}, "company_size 'many' is not a number"),
     ({"requested_demo": "perhaps"}, "requested_demo 'perhaps' is not a boolean"),
@@ -70,6 +71,16 @@ def test_missing_column_rejects_every_row_naming_the_column(tmp_path, store):
     assert report.actions_stored == 0 and report.quarantined == 2
     reasons = store.scan_quarantine().collect()["reason"].to_list()
     assert all("missing column 'pages_visited'" in r for r in reasons)
+
+
+def test_backfilled_decisions_without_propensity_are_kept_as_from_an_unknown_policy(tmp_path, store):
+    without_column = [{k: v for k, v in lead_action(f"old{i}").items() if k != "propensity"} for i in range(2)]
+    blank = [lead_action("blank", propensity="")]
+    report = ingest_paths([_write_csv(tmp_path / "old.csv", without_column), _write_csv(tmp_path / "blank.csv", blank)],
+                          store, SimulatedClock(NOW), KEY)
+    assert report.actions_stored == 3 and report.quarantined == 0
+    stored = store.scan_actions("lead_scoring").collect()
+    assert stored["propensity"].null_count() == 3
 
 
 def test_ingesting_the_same_files_twice_adds_nothing(tmp_path, store):

@@ -96,13 +96,13 @@ def _ref_time_checks(name: str, now: datetime, required: bool) -> list[pl.Expr]:
     return checks
 
 
-def _ref_probability_checks(name: str) -> list[pl.Expr]:
+def _ref_probability_checks(name: str, required: bool = True) -> list[pl.Expr]:
     parsed = _ref_parse_number(name)
-    return [
-        pl.when(_ref_blank(name)).then(pl.lit(f"{name} is empty")),
+    checks = [
         pl.when(~_ref_blank(name) & parsed.is_null()).then(pl.format("{} '{}' is not a number", pl.lit(name), pl.col(name))),
         pl.when((parsed < 0) | (parsed > 1)).then(pl.format("{} {} is outside [0, 1]", pl.lit(name), pl.col(name))),
     ]
+    return [pl.when(_ref_blank(name)).then(pl.lit(f"{name} is empty")), *checks] if required else checks
 
 
 def _ref_feature_checks(spec: ModelSpec, columns: set[str]) -> list[pl.Expr]:
@@ -173,7 +173,8 @@ def _ref_validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datet
     text = _ref_as_text(df)
     text = text.with_columns(pl.struct(df.columns).struct.json_encode().alias(RAW)).with_row_index(ROW, offset=first_row_number)
     wanted = (set(ACTION_SCHEMA) | {"revenue", "outcome", "observed_at"}) if is_actions else (set(OUTCOME_SCHEMA) | {"model"})
-    missing_required = [c for c in (ACTION_SCHEMA if is_actions else ["action_id", "observed_at", "outcome"]) if c not in columns]
+    missing_required = [c for c in (ACTION_SCHEMA if is_actions else ["action_id", "observed_at", "outcome"])
+                        if c not in columns and c != "propensity"]   # no propensity: an unknown logging policy
     text = text.with_columns([pl.lit(None, pl.String).alias(c) for c in sorted(wanted - columns)])
 
     checks: list[pl.Expr] = [pl.lit(f"missing column '{c}'") for c in missing_required]
@@ -183,8 +184,11 @@ def _ref_validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datet
                       .then(pl.format("unknown model '{}' (known: {})", pl.col("model"), pl.lit(", ".join(specs)))))
         checks.append(pl.when(_ref_blank("model")).then(pl.lit("model is empty")))
         checks += _ref_time_checks("decided_at", now, required=True)
-        for name in ("score", "threshold", "propensity"):
+        for name in ("score", "threshold"):
             checks += _ref_probability_checks(name)
+        checks += _ref_probability_checks("propensity", required=False)
+        checks.append(pl.when(_ref_parse_number("propensity") == 0)
+                      .then(pl.lit("propensity 0 says the decision could not have been taken")))
         for spec in specs.values():
             checks += _ref_feature_checks(spec, columns)
         if has_outcomes:
