@@ -1,0 +1,240 @@
+"""Off-policy evaluation: the value per decision a candidate policy (model + threshold) would have
+earned on logged, labelled rows that another policy decided.
+
+Only the logged decision's outcome is seen. Each logged row carries the ``propensity`` of its
+decision under the logging policy (models/exploration.py), and ``positive_probability`` gives the
+candidate's probability of each decision on the same rows. With importance weight
+``w = π(taken) / μ(taken)``:
+
+* **SNIPS** (self-normalised inverse propensity): ``Σ w·r / Σ w``. Unbiased in the limit wherever the
+  logs cover the candidate's decisions; self-normalising trades a little bias for much less variance.
+* **Doubly robust**: ``mean(Σ_a π(a)·q̂(x, a) + w·(r − q̂(x, taken)))`` with an outcome model q̂
+  (P(label | features, decision) turned into value by the objective). Right if either the
+  propensities or q̂ are. q̂ is **cross-fitted**: rows are split into K folds by bootstrap block
+  (week or entity) and each fold's q̂ comes from a model fit on the other folds. Fitted on the same
+  rows, a flexible q̂ memorises their outcomes, the correction term vanishes and the estimate
+  collapses to the (possibly biased) direct method: the candidate would grade itself.
+
+The value of a row is the spec's objective for the decision taken (``realised_value``): leads
+``value_per_conversion·label − cost_per_action·[meeting]``; replies ``value_per_action`` per
+acceptable auto-sent reply, ``−cost_per_failure`` per unacceptable one, 0 for a human review.
+
+Rows with a null propensity (backfilled history, an unknown logging policy) cannot be weighted:
+they are excluded and counted. **Coverage** is the share of the candidate's probability mass on
+decisions the logging policy could have taken (μ > 0); mass outside it gets weight 0 in SNIPS and
+only q̂'s extrapolation in DR. **ESS** = (Σw)² / Σw², the number of equally weighted rows the
+estimate is worth. Intervals: percentile block bootstrap (models/bootstrap.py) of whole weeks, or
+whole entities when the rows span fewer than 4 weeks; q̂ is held fixed across draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from features.spec import ModelSpec, Objective
+from models.bootstrap import Blocks, block_counts, block_sums, choose_blocks, percentile_interval
+
+FOLDS = 5
+
+
+@dataclass(frozen=True)
+class OPEResult:
+    estimate: float        # value per decision (EUR)
+    low: float
+    high: float
+    coverage: float
+    ess: float
+    rows: int              # rows used (known propensity)
+    method: str            # "snips" or "dr"
+    unknown_rows: int = 0  # rows excluded for a null propensity
+    blocks: str = "week"   # what the bootstrap resampled
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_{k}": float(v) for k, v in
+                (("estimate", self.estimate), ("low", self.low), ("high", self.high), ("coverage", self.coverage),
+                 ("ess", self.ess), ("rows", self.rows), ("unknown_rows", self.unknown_rows))}
+
+
+@dataclass(frozen=True)
+class Logged:
+    """Logged rows with a known propensity, ready for any candidate policy."""
+    positive: np.ndarray       # the logged decision was the positive one
+    propensity: np.ndarray     # μ(logged decision)
+    reward: np.ndarray         # realised value of the logged decision
+    q_positive: np.ndarray     # q̂(x, positive), cross-fitted
+    q_negative: np.ndarray     # q̂(x, negative), cross-fitted
+    blocks: Blocks
+    unknown_rows: int
+    known: np.ndarray          # mask of the original rows kept (to align candidate probabilities)
+
+
+def realised_value(labels: np.ndarray, positive: np.ndarray, objective: Objective) -> np.ndarray:
+    """EUR the objective credits a row for its decision and outcome (same rule as the demo's scoreboard)."""
+    labels, positive = np.asarray(labels, float), np.asarray(positive, float)
+    if objective.kind == "expected_value":
+        return objective.value_per_conversion * labels - objective.cost_per_action * positive
+    return positive * (objective.value_per_action * labels - objective.cost_per_failure * (1.0 - labels))
+
+
+def outcome_inputs(frame: pl.DataFrame, spec: ModelSpec) -> np.ndarray:
+    """Features as a dense float matrix for q̂: categoricals one-hot over the values present, the rest as numbers."""
+    categorical = spec.features_of("categorical")
+    numbers = frame.select([pl.col(c).cast(pl.Float64) for c in spec.features_of("numeric") + spec.features_of("boolean")])
+    dummies = frame.select(categorical).cast(pl.String).fill_null("?").to_dummies() if categorical else pl.DataFrame()
+    return pl.concat([numbers, dummies], how="horizontal").fill_null(float("nan")).to_numpy().astype(float)
+
+
+def default_outcome_model() -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    # Small and regularised: q̂ only has to be roughly right, DR's correction term does the rest.
+    return HistGradientBoostingClassifier(max_iter=80, learning_rate=0.1, max_leaf_nodes=15, l2_regularization=1.0,
+                                          early_stopping=False, random_state=0)
+
+
+def _fit_predict(model_factory: Callable[[], Any], x_fit: np.ndarray, y_fit: np.ndarray,
+                 x_pos: np.ndarray, x_neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if y_fit.size == 0 or y_fit.min() == y_fit.max():
+        # One outcome class only: the best q̂ is the constant rate.
+        rate = float(y_fit.mean()) if y_fit.size else 0.5
+        return np.full(len(x_pos), rate), np.full(len(x_neg), rate)
+    model = model_factory().fit(x_fit, y_fit)
+    return model.predict_proba(x_pos)[:, 1], model.predict_proba(x_neg)[:, 1]
+
+
+def outcome_probabilities(features: np.ndarray, positive: np.ndarray, labels: np.ndarray, folds: np.ndarray,
+                          model_factory: Callable[[], Any] = default_outcome_model,
+                          cross_fit: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """P(label = 1 | x, decision) for both decisions on every row; the decision is the last input column.
+
+    ``folds`` numbers each row's fold; with ``cross_fit`` a fold's predictions come from a model fit on
+    the other folds only. ``cross_fit=False`` fits once on all rows (kept to show why not).
+    """
+    positive = np.asarray(positive, float)
+    labels = np.asarray(labels, int)
+    x_taken = np.column_stack([features, positive])
+    x_pos = np.column_stack([features, np.ones(len(positive))])
+    x_neg = np.column_stack([features, np.zeros(len(positive))])
+    if not cross_fit:
+        return _fit_predict(model_factory, x_taken, labels, x_pos, x_neg)
+    p_pos, p_neg = np.empty(len(labels)), np.empty(len(labels))
+    for fold in np.unique(folds):
+        held = folds == fold
+        p_pos[held], p_neg[held] = _fit_predict(model_factory, x_taken[~held], labels[~held], x_pos[held], x_neg[held])
+    return p_pos, p_neg
+
+
+def block_folds(blocks: Blocks, k: int = FOLDS) -> np.ndarray:
+    """Fold of each row: whole blocks go to one fold, so a week (or entity) is never on both sides."""
+    k = max(2, min(k, blocks.count))
+    return blocks.index % k
+
+
+def logged_rows(frame: pl.DataFrame, spec: ModelSpec, *, model_factory: Callable[[], Any] = default_outcome_model,
+                cross_fit: bool = True, blocks: Blocks | None = None) -> Logged:
+    """The labelled frame (``decision``, ``propensity``, ``label``, features, ``week``/``entity_id``) prepared for OPE."""
+    propensity = frame.get_column("propensity").cast(pl.Float64).fill_nan(None)
+    known = propensity.is_not_null().to_numpy() & (propensity.fill_null(0.0).to_numpy() > 0)
+    kept = frame.filter(pl.Series(known))
+    blocks = blocks if blocks is not None else choose_blocks(kept)
+    if blocks.index.size != kept.height:
+        blocks = Blocks(blocks.index[known], blocks.count, blocks.kind)
+    positive = (kept.get_column("decision") == spec.positive_decision).to_numpy()
+    labels = kept.get_column("label").cast(pl.Int64).to_numpy()
+    p_pos, p_neg = outcome_probabilities(outcome_inputs(kept, spec), positive, labels, block_folds(blocks),
+                                         model_factory, cross_fit)
+    objective = spec.objective
+    q_pos = realised_value(p_pos, np.ones_like(p_pos), objective)     # value is linear in the label
+    q_neg = realised_value(p_neg, np.zeros_like(p_neg), objective)
+    return Logged(positive, kept.get_column("propensity").to_numpy(), realised_value(labels, positive, objective),
+                  q_pos, q_neg, blocks, int((~known).sum()), known)
+
+
+def _candidate(logged: Logged, p_candidate: np.ndarray) -> np.ndarray:
+    """The candidate's P(positive) on the kept rows (given for all original rows, or for the kept ones)."""
+    p = np.asarray(p_candidate, float)
+    return p[logged.known] if len(p) == len(logged.known) and len(p) != len(logged.positive) else p
+
+
+def _weights(logged: Logged, p_candidate: np.ndarray) -> np.ndarray:
+    p = _candidate(logged, p_candidate)
+    return np.where(logged.positive, p, 1.0 - p) / logged.propensity
+
+
+def coverage(logged: Logged, p_candidate: np.ndarray) -> float:
+    """Share of the candidate's decision mass on decisions the logging policy could take (μ > 0)."""
+    p = _candidate(logged, p_candidate)
+    mu_pos = np.where(logged.positive, logged.propensity, 1.0 - logged.propensity)
+    covered = p * (mu_pos > 0) + (1.0 - p) * (mu_pos < 1)
+    return float(covered.mean()) if covered.size else float("nan")
+
+
+def effective_sample_size(weights: np.ndarray) -> float:
+    squares = float(np.sum(weights ** 2))
+    return float(np.sum(weights) ** 2 / squares) if squares > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Sums:
+    """Per-block sums a method's estimate is a ratio of: estimate = Σ numerator / Σ denominator."""
+    numerator: np.ndarray
+    denominator: np.ndarray
+
+
+def _sums(logged: Logged, p_candidate: np.ndarray, method: str) -> _Sums:
+    p = _candidate(logged, p_candidate)
+    w = _weights(logged, p)
+    if method == "snips":
+        return _Sums(block_sums(w * logged.reward, logged.blocks), block_sums(w, logged.blocks))
+    q_taken = np.where(logged.positive, logged.q_positive, logged.q_negative)
+    row = p * logged.q_positive + (1.0 - p) * logged.q_negative + w * (logged.reward - q_taken)
+    return _Sums(block_sums(row, logged.blocks), block_sums(np.ones_like(row), logged.blocks))
+
+
+def _ratio(counts: np.ndarray, sums: _Sums) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (counts @ sums.numerator) / (counts @ sums.denominator)
+
+
+def estimate(logged: Logged, p_candidate: np.ndarray, method: str = "dr", *, one_sided_alpha: float = 0.025,
+             resamples: int = 1000, seed: int = 0) -> OPEResult:
+    """Value per decision of the candidate whose P(positive) on the logged rows is ``p_candidate``."""
+    if method not in ("snips", "dr"):
+        raise ValueError(f"unknown OPE method {method!r}: 'snips' or 'dr'")
+    p = _candidate(logged, p_candidate)
+    sums = _sums(logged, p, method)
+    point = float(sums.numerator.sum() / sums.denominator.sum()) if sums.denominator.sum() > 0 else float("nan")
+    low, high = percentile_interval(_ratio(block_counts(logged.blocks, resamples, seed), sums), one_sided_alpha)
+    return OPEResult(point, low, high, coverage(logged, p), effective_sample_size(_weights(logged, p)),
+                     len(logged.positive), method, logged.unknown_rows, logged.blocks.kind)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Challenger − champion on the same rows, with a paired block-bootstrap interval."""
+    metric: str
+    challenger: float
+    champion: float
+    difference: float
+    low: float
+    high: float
+    blocks: str
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_{k}": float(getattr(self, k)) for k in ("challenger", "champion", "difference", "low", "high")}
+
+
+def value_difference(logged: Logged, p_challenger: np.ndarray, p_champion: np.ndarray, method: str = "dr", *,
+                     one_sided_alpha: float = 0.025, resamples: int = 1000, seed: int = 0) -> Difference:
+    """Paired: both policies are evaluated on the same drawn blocks in every resample."""
+    a, b = _sums(logged, p_challenger, method), _sums(logged, p_champion, method)
+    counts = block_counts(logged.blocks, resamples, seed)
+    draws = _ratio(counts, a) - _ratio(counts, b)
+    va, vb = float(a.numerator.sum() / a.denominator.sum()), float(b.numerator.sum() / b.denominator.sum())
+    low, high = percentile_interval(draws, one_sided_alpha)
+    return Difference(f"value_{method}", va, vb, va - vb, low, high, logged.blocks.kind)
