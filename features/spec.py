@@ -95,6 +95,18 @@ class Gates:
     # A promotion waiting for a person expires as rejected after this long: an unanswered request
     # must not keep a challenger in limbo (and a paused approval run alive) for ever.
     approval_timeout_hours: float = 72.0
+    # Statistical gates (models/gates.py). Each weekly test is one-sided at alpha / testing_horizon_weeks
+    # (Bonferroni): in any run of that many weekly tests, the chance of promoting a challenger that is
+    # not better stays <= alpha. Defaults: 0.10 over 4 weeks = 0.025 per week (95 % two-sided intervals).
+    alpha: float = 0.10
+    testing_horizon_weeks: int = 4
+    # The paired interval of (challenger - champion) value per decision (doubly robust, EUR) must lie
+    # above this for an automatic promotion; otherwise "keep the champion, not enough evidence".
+    min_value_improvement: float = 0.0
+    # Below either, the logs cannot vouch for the challenger's decisions: a person decides.
+    min_coverage: float = 0.90          # share of the challenger's decision mass the logging policy could take
+    min_ess: float = 100.0              # effective sample size of the importance weights
+    bootstrap_resamples: int = 1000
 
 
 @dataclass(frozen=True)
@@ -195,6 +207,10 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
     if set(exploration.never_to) - {positive, negative}:
         raise SpecError(f"{path}: [exploration] never_to names decisions other than {positive!r} and {negative!r}")
     gates = _build(Gates, _section(raw, "gates", path), path, "gates")
+    if not (0 < gates.alpha < 1 and gates.testing_horizon_weeks >= 1 and 0 <= gates.min_coverage <= 1
+            and gates.bootstrap_resamples >= 100):
+        raise SpecError(f"{path}: [gates] needs 0 < alpha < 1, testing_horizon_weeks >= 1, 0 <= min_coverage <= 1 "
+                        f"and bootstrap_resamples >= 100")
     if not gates.approval_timeout_hours > 0:
         raise SpecError(f"{path}: [gates] approval_timeout_hours must be positive, not {gates.approval_timeout_hours!r}")
     return ModelSpec(

@@ -10,6 +10,10 @@ import polars as pl
 from features.spec import ModelSpec
 from features.training_set import Split
 from models.evaluate import classification_metrics
+from models.exploration import positive_probability
+from models.gates import Evidence, paired_metric_differences, weekly_alpha
+from models.ope import Difference, OPEResult, estimate, logged_rows, value_difference
+from models.bootstrap import choose_blocks
 from models.policy import Policy
 from models.promotion import PromotionDecision, decide_promotion, flip_share
 from models.registry import LoadedModel
@@ -22,6 +26,43 @@ class Comparison:
     champion: dict[str, float] | None
     flip_share: float | None
     decision: PromotionDecision
+    evidence: Evidence | None = None
+
+
+METHODS = ("dr", "snips")
+
+
+def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.ndarray, challenger_threshold: float,
+                    champion_scores: np.ndarray | None, champion_threshold: float | None) -> Evidence:
+    """Off-policy values of both policies and the paired differences, on the test slice (new to both models).
+
+    The test slice is the most recent labelled weeks: the challenger was neither fit nor calibrated on
+    them, so its value there is out of sample. Blocks are weeks if the slice spans >= 4, else entities.
+    """
+    gates = spec.gates
+    alpha = weekly_alpha(gates)
+    blocks = choose_blocks(test)
+    seed = spec.training.seed
+    settings = {"one_sided_alpha": alpha, "resamples": gates.bootstrap_resamples, "seed": seed}
+    known = test.get_column("propensity").cast(pl.Float64).fill_nan(None).fill_null(0.0) > 0
+    if not known.any():
+        # Only an unknown logging policy: nothing can be weighted, so nothing is covered.
+        empty = OPEResult(float("nan"), float("nan"), float("nan"), 0.0, 0.0, 0, "dr", test.height, blocks.kind)
+        nan = Difference("value_dr", float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), blocks.kind)
+        return Evidence(alpha, {"dr": empty}, {}, {"value_dr": nan} if champion_scores is not None else {})
+    logged = logged_rows(test, spec, blocks=blocks)
+    p_challenger = positive_probability(challenger_scores, challenger_threshold, spec)
+    challenger_value = {m: estimate(logged, p_challenger, m, **settings) for m in METHODS}
+    if champion_scores is None or champion_threshold is None:
+        return Evidence(alpha, challenger_value)
+    p_champion = positive_probability(champion_scores, champion_threshold, spec)
+    champion_value = {m: estimate(logged, p_champion, m, **settings) for m in METHODS}
+    labels = test.get_column("label").to_numpy()
+    differences = paired_metric_differences(labels, challenger_scores, champion_scores, blocks, alpha,
+                                            gates.bootstrap_resamples, seed)
+    for m in METHODS:
+        differences[f"value_{m}"] = value_difference(logged, p_challenger, p_champion, m, **settings)
+    return Evidence(alpha, challenger_value, champion_value, differences)
 
 
 def compare_with_champion(spec: ModelSpec, trained: TrainedModel, split: Split, champion: LoadedModel | None,
@@ -29,6 +70,7 @@ def compare_with_champion(spec: ModelSpec, trained: TrainedModel, split: Split, 
     """Score the champion on the challenger's test slice; measure how many recent decisions would flip."""
     champion_metrics = None
     flips = None
+    champion_scores = None
     if champion is not None:
         champion_scores = Policy(spec, champion).scores(split.test)
         champion_metrics = classification_metrics(split.test.get_column("label").to_numpy(), champion_scores)
@@ -36,8 +78,10 @@ def compare_with_champion(spec: ModelSpec, trained: TrainedModel, split: Split, 
             old = Policy(spec, champion)
             new = Policy(spec, challenger)
             flips = flip_share(old.decisions(old.scores(recent)), new.decisions(new.scores(recent)))
-    decision = decide_promotion(spec.gates, trained.test_metrics, champion_metrics, split.test.height, flips)
-    return Comparison(trained.test_metrics, champion_metrics, flips, decision)
+    evidence = gather_evidence(spec, split.test, trained.test_scores, challenger.threshold, champion_scores,
+                               champion.threshold if champion is not None else None)
+    decision = decide_promotion(spec.gates, trained.test_metrics, champion_metrics, split.test.height, flips, evidence)
+    return Comparison(trained.test_metrics, champion_metrics, flips, decision, evidence)
 
 
 def comparison_table(comparison: Comparison) -> list[dict[str, object]]:

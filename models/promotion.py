@@ -3,6 +3,12 @@
 The gates compare challenger and champion on the same most recent labelled window. Every
 decision, promoted or not, is written with its reasons to the audit table and to the version's
 MLflow tags.
+
+With ``Evidence`` (models/gates.py) the comparison is statistical: a challenger whose paired AUC
+interval lies wholly below -auc_tolerance is kept; one the logs do not cover (coverage or ESS of
+its off-policy estimate under the spec's minimum) goes to a person; otherwise it is promoted only
+when the paired interval of its value gain (doubly robust) clears ``min_value_improvement`` at the
+weekly level, and "keep the champion, not enough evidence" is recorded when it does not.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import polars as pl
 
 from features.spec import Gates
 from features.store import EventStore
+from models.gates import Evidence, coverage_problems, value_verdict
 from models.registry import CHALLENGER, CHAMPION, Registry
 
 Action = Literal["promote", "keep", "await_approval"]
@@ -29,7 +36,7 @@ class PromotionDecision:
 
 
 def decide_promotion(gates: Gates, challenger: dict[str, float], champion: dict[str, float] | None,
-                     labelled_rows: int, flip_share: float | None) -> PromotionDecision:
+                     labelled_rows: int, flip_share: float | None, evidence: Evidence | None = None) -> PromotionDecision:
     """Apply the spec's gates. ``champion`` is None for a spec's first model (absolute gates only)."""
     reasons: list[str] = []
     if labelled_rows < gates.min_labelled_rows:
@@ -55,11 +62,24 @@ def decide_promotion(gates: Gates, challenger: dict[str, float], champion: dict[
     if not (better_brier or better_logloss):
         failed.append(f"not better on Brier ({challenger['brier']:.4f} vs {champion['brier']:.4f}) "
                       f"or log loss ({challenger['log_loss']:.4f} vs {champion['log_loss']:.4f})")
+    paired_auc = evidence.differences.get("roc_auc") if evidence else None
+    if paired_auc is not None and paired_auc.high < -gates.auc_tolerance:
+        failed.append(f"ROC AUC clearly worse: paired difference {paired_auc.difference:+.3f}, interval "
+                      f"[{paired_auc.low:+.3f}, {paired_auc.high:+.3f}] below -{gates.auc_tolerance}")
     if failed:
         return PromotionDecision("keep", tuple(failed), flip_share)
     reasons.append(f"ROC AUC {auc:.3f} vs champion {champion['roc_auc']:.3f}; Brier {challenger['brier']:.4f} vs "
                    f"{champion['brier']:.4f}; log loss {challenger['log_loss']:.4f} vs {champion['log_loss']:.4f}; "
                    f"calibration error {ece:.3f}")
+    if evidence is not None and "dr" in evidence.challenger_value and "value_dr" in evidence.differences:
+        problems = coverage_problems(gates, evidence.challenger_value["dr"])
+        verdict, text = value_verdict(gates, evidence.differences["value_dr"], evidence.one_sided_alpha)
+        if problems:
+            # The value estimate leans on decisions the logs never saw: no number can vouch for it.
+            return PromotionDecision("await_approval", (*reasons, *problems, text, "needs a person's approval"), flip_share)
+        if verdict != "better":
+            return PromotionDecision("keep", (text, *reasons), flip_share)
+        reasons.append(text)
     if flip_share is not None and flip_share > gates.max_decision_flip_share:
         return PromotionDecision("await_approval", (*reasons, f"{flip_share:.1%} of recent decisions would flip, more than "
                                                     f"{gates.max_decision_flip_share:.0%}: needs a person's approval"), flip_share)
