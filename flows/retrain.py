@@ -81,6 +81,13 @@ def compare(model: str, split: Split, trained: TrainedModel, version: str, as_of
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def log_evidence(comparison: Comparison, run_id: str) -> None:
+    """The promotion's figures (OPE values, intervals, coverage, ESS, paired differences) on the training run."""
+    if comparison.evidence is not None:
+        Runtime.from_env().registry.log_run_metrics(run_id, comparison.evidence.metrics())
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def decide(model: str, comparison: Comparison, version: str, week: str, as_of: datetime) -> str:
     runtime = Runtime.from_env()
     audit = AuditTrail(runtime.store, runtime.registry, as_of)
@@ -108,6 +115,7 @@ def retrain_flow(model: str, as_of: datetime | None = None) -> dict:
     split, trained = fitted
     run_id, version = log_and_register(model, split, trained, lineage, week)
     comparison = compare(model, split, trained, version, as_of)
+    log_evidence(comparison, run_id)
     event = decide(model, comparison, version, week, as_of)
     approval_run = None
     if event == "awaiting_approval":
@@ -120,7 +128,11 @@ def retrain_flow(model: str, as_of: datetime | None = None) -> dict:
         "reasons": list(comparison.decision.reasons), "threshold": trained.threshold.threshold,
         "threshold_reason": trained.threshold.reason, "rows": lineage["rows"], "as_of": lineage["as_of"],
         "spec_hash": lineage["spec_hash"], "split": split.sizes(), "comparison": comparison_table(comparison),
-        "flip_share": comparison.flip_share, "test_metrics": trained.test_metrics, "approval_run": approval_run,
+        "flip_share": comparison.flip_share,
+        "differences": comparison.evidence.table() if comparison.evidence else [],
+        "policy_values": comparison.evidence.value_table() if comparison.evidence else [],
+        "one_sided_alpha": comparison.evidence.one_sided_alpha if comparison.evidence else None,
+        "test_metrics": trained.test_metrics, "approval_run": approval_run,
     }
     key = model.replace("_", "-")
     create_markdown_artifact(markdown=retrain_summary(model, week, outcome), key=f"{key}-retrain",

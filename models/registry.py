@@ -98,6 +98,16 @@ class Registry:
         })
         return run.info.run_id, version
 
+    def log_run_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        """Add figures to a finished run (the promotion evidence is computed after the model is registered)."""
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        finite = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and np.isfinite(float(v))]
+        if finite:
+            self.client.log_batch(run_id, metrics=finite)
+
     # -- registry ------------------------------------------------------------------------------
     def tag_version(self, model: str, version: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():

@@ -35,6 +35,18 @@ def retrain_summary(model: str, week: str, outcome: dict[str, Any]) -> str:
         "## Challenger vs champion on the same most recent labelled rows", "",
         markdown_table(outcome["comparison"]),
     ]
+    if outcome.get("policy_values"):
+        lines += ["", "## Off-policy value per decision (EUR) on the test weeks", "",
+                  "Doubly robust (cross-fitted outcome model) and self-normalised IPS; coverage = share of the "
+                  "policy's decisions the logs could have taken; ESS = effective sample size of the weights.", "",
+                  markdown_table(outcome["policy_values"])]
+    if outcome.get("differences"):
+        alpha = outcome.get("one_sided_alpha")
+        level = f"{1 - 2 * alpha:.0%} " if alpha else ""
+        lines += ["", f"## Challenger − champion, paired {level}intervals", "",
+                  f"Both models on the same rows; each draw resamples the same whole weeks (or entities) for both. "
+                  f"Weekly one-sided level {_fmt(alpha)} (spec alpha over its horizon of weekly tests).", "",
+                  markdown_table(outcome["differences"])]
     if outcome.get("flip_share") is not None:
         lines += ["", f"Share of last week's decisions that would flip: {outcome['flip_share']:.1%}"]
     if outcome["event"] == "awaiting_approval":

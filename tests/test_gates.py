@@ -103,3 +103,28 @@ def test_the_evidence_reports_every_figure_for_mlflow(spec):
     for key in ("ope_dr_challenger_estimate", "ope_dr_challenger_coverage", "ope_dr_challenger_ess",
                 "ope_dr_champion_low", "diff_value_dr_difference", "diff_value_dr_low", "diff_value_dr_high"):
         assert key in metrics and np.isfinite(metrics[key])
+
+
+def test_the_figures_reach_the_mlflow_run_and_the_artifact_markdown(spec, loop_home):
+    import mlflow
+
+    from features.settings import Settings
+    from models.registry import Registry
+    from models.report import retrain_summary
+
+    frame, _ = world(spec, seed=7)
+    evidence = _evidence(spec, frame, challenger_threshold=0.45)
+    registry = Registry(Settings.from_env())
+    with mlflow.start_run(experiment_id=registry.experiment_id("gates-test")) as run:
+        pass
+    registry.log_run_metrics(run.info.run_id, evidence.metrics())
+    logged = registry.client.get_run(run.info.run_id).data.metrics
+    assert logged["diff_value_dr_low"] == pytest.approx(evidence.differences["value_dr"].low)
+    assert logged["ope_dr_challenger_coverage"] == pytest.approx(evidence.challenger_value["dr"].coverage)
+    outcome = {"status": "trained", "event": "kept_champion", "version": "2", "threshold": 0.45, "threshold_reason": "-",
+               "reasons": ["not enough evidence"], "rows": frame.height, "as_of": "-", "split": {
+                   "fit_rows": 1, "calibration_rows": 1, "test_rows": 1}, "spec_hash": "-", "run_id": run.info.run_id,
+               "comparison": [], "differences": evidence.table(), "policy_values": evidence.value_table(),
+               "one_sided_alpha": evidence.one_sided_alpha}
+    text = retrain_summary(spec.name, "2026-W20", outcome)
+    assert "Off-policy value" in text and "coverage" in text and "value_dr" in text and "95% intervals" in text
