@@ -24,22 +24,17 @@ from models.registry import CHAMPION
 from models.train import fit_model, sklearn_inputs
 from service.wal import ACTIONS, WalError, WriteAheadLog, read_segment
 from simulator.world import World, WorldConfig
+from tests.helpers import free_port, wait_until
 
 KEY = "api-test-key"
 LEAD = {"source": "referral", "industry": "retail", "region": "nord", "company_size": 40.0,
         "pages_visited": 6.0, "email_opens": 2.0, "requested_demo": False}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def api_process(home: Path, **env: str):
     """`loop api` in its own process on a free loopback port; yields (base url, process)."""
-    port = _free_port()
+    port = free_port()
     environment = dict(os.environ, LOOP_HOME=str(home), LOOP_PSEUDONYM_KEY=KEY,
                        MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}", **env)
     process = subprocess.Popen([sys.executable, "-m", "flows.cli", "api", "--port", str(port)], env=environment,
@@ -75,16 +70,6 @@ def _stored_ids(runtime: Runtime, model: str = "lead_scoring") -> list[str]:
     return runtime.store.scan_actions(model).select("action_id").collect().get_column("action_id").to_list()
 
 
-def _wait_for(condition, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def _decide(url: str, refs: list[str], **headers: str) -> httpx.Response:
     return httpx.post(f"{url}/v1/lead_scoring/decide", json={"entities": [{"entity_ref": r, **LEAD} for r in refs]},
                       headers=headers, timeout=30)
@@ -103,7 +88,7 @@ def test_decisions_and_outcomes_reach_the_store_pseudonymised(tmp_path, monkeypa
             {"action_id": ids[1], "outcome": "lost", "model": "lead_scoring"}]}, timeout=30)
         assert recorded.json() == {"recorded": 2}
         runtime = _runtime(home, monkeypatch)
-        _wait_for(lambda: runtime.store.scan_outcomes().collect().height == 2, "the outcomes to be flushed")
+        wait_until(lambda: runtime.store.scan_outcomes().collect().height == 2, "the outcomes to be flushed")
 
     assert len(set(ids)) == 4
     assert single["model_version"] == "rule" and batch["model_version"] == "rule"
@@ -182,7 +167,7 @@ def test_the_service_follows_the_champion_alias_without_a_restart(tmp_path, monk
         assert _decide(url, ["early@example.com"]).json()["model_version"] == "rule"
         runtime = _runtime(home, monkeypatch)
         version, trained = _register_champion(runtime)
-        _wait_for(lambda: httpx.get(f"{url}/v1/models").json()["lead_scoring"]["model_version"] == version,
+        wait_until(lambda: httpx.get(f"{url}/v1/models").json()["lead_scoring"]["model_version"] == version,
                   "the service to load the new champion")
         answer = _decide(url, ["later@example.com"]).json()
         assert process.poll() is None
@@ -233,7 +218,7 @@ def test_a_token_is_required_when_set_and_binding_beyond_loopback_needs_one(tmp_
         assert httpx.get(f"{url}/healthz").status_code == 200
     env = dict(os.environ, LOOP_HOME=str(home), LOOP_PSEUDONYM_KEY=KEY)
     env.pop("LOOP_API_TOKEN", None)
-    refused = subprocess.run([sys.executable, "-m", "flows.cli", "api", "--host", "0.0.0.0", "--port", str(_free_port())],
+    refused = subprocess.run([sys.executable, "-m", "flows.cli", "api", "--host", "0.0.0.0", "--port", str(free_port())],
                              env=env, capture_output=True, text=True, timeout=120, check=False)
     assert refused.returncode == 1
     assert "LOOP_API_TOKEN" in refused.stdout
@@ -302,7 +287,7 @@ def test_the_simulated_crm_closes_the_loop_through_the_api(tmp_path, monkeypatch
     with api_process(home, LOOP_API_FLUSH_SECONDS="0.5") as (url, _), httpx.Client(base_url=url, timeout=60) as client:
         results = [feed_week(client, world, specs[model], 0) for model in ("lead_scoring", "reply_acceptance")]
         runtime = _runtime(home, monkeypatch)
-        _wait_for(lambda: runtime.store.scan_outcomes().collect().height == sum(r.outcomes for r in results),
+        wait_until(lambda: runtime.store.scan_outcomes().collect().height == sum(r.outcomes for r in results),
                   "the fed outcomes to reach the store")
     for result, expected in zip(results, (300, 500), strict=True):
         assert result.decisions == expected and result.model_versions == ("rule",)

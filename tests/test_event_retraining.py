@@ -15,21 +15,11 @@ from pathlib import Path
 import pytest
 
 from flows.triggers import RETRAINING_TRIGGERED
+from tests.helpers import wait_until
 from tests.test_alerts import prefect_server  # noqa: F401 - the fixture that starts a real Prefect server
 
 REPO = Path(__file__).resolve().parents[1]
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def _until(check, seconds: float, what: str):
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.5)
-    pytest.fail(f"gave up waiting for {what} after {seconds:.0f} s")
 
 
 @pytest.mark.slow
@@ -37,7 +27,11 @@ def test_a_trigger_event_starts_the_models_retraining_deployment_and_the_run_com
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.events.worker import EventsWorker
-    from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_LOGGING_TO_API_ENABLED,
+        temporary_settings,
+    )
 
     from flows.alerts import emit
 
@@ -62,10 +56,10 @@ def test_a_trigger_event_starts_the_models_retraining_deployment_and_the_run_com
                 def automation():
                     return client.read_automations_by_name("loop-retrain-lead_scoring-on-trigger")
 
-                lead = _until(lambda: deployment("lead_scoring"), 90, "loop serve to register the retraining deployment")
-                replies = _until(lambda: deployment("reply_acceptance"), 30, "the second model's deployment")
+                lead = wait_until(lambda: deployment("lead_scoring"), "loop serve to register the retraining deployment", 90)
+                replies = wait_until(lambda: deployment("reply_acceptance"), "the second model's deployment", 30)
                 assert lead.global_concurrency_limit.limit == 1 == replies.global_concurrency_limit.limit  # never overlap
-                (rule,) = _until(automation, 30, "the automation created by loop serve")
+                (rule,) = wait_until(automation, "the automation created by loop serve", 30)
                 assert rule.trigger.expect == {RETRAINING_TRIGGERED}
                 assert str(rule.actions[0].deployment_id) == str(lead.id)
                 time.sleep(2)  # the server's trigger service loads new automations on a short interval
@@ -81,10 +75,10 @@ def test_a_trigger_event_starts_the_models_retraining_deployment_and_the_run_com
                 emit(RETRAINING_TRIGGERED, "lead_scoring", {"reason": "test: outside drift in 2 of the last 3 weeks"})
                 EventsWorker.drain_all(timeout=10)
 
-                (run,) = _until(lambda: triggered_runs(lead), 60, "the automation to create a retraining run")
+                (run,) = wait_until(lambda: triggered_runs(lead), "the automation to create a retraining run", 60)
                 assert run.parameters == {"model": "lead_scoring"}
-                done = _until(lambda: (r := client.read_flow_run(run.id)).state_type.value in FINAL and r, 90,
-                              "the served process to run the retraining to a final state")
+                done = wait_until(lambda: (r := client.read_flow_run(run.id)).state_type.value in FINAL and r,
+                                  "the served process to run the retraining to a final state", 90)
                 assert done.state_type.value == "COMPLETED", (done.state, (tmp_path / "serve.log").read_text()[-3000:])
                 # The run really retrained against the (empty) store: too few labels is its normal answer.
                 artifact = client.read_artifacts()
