@@ -13,7 +13,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# name -> (default description, meaning); README's settings table is generated from the same words.
+# name -> (default description, meaning): every setting in one place; README's settings table uses the same words.
 DOCUMENTED = {
     "LOOP_HOME": ("./.loop", "folder for all runtime state (store, MLflow, Prefect, reports, demo output)"),
     "LOOP_STORE_URI": ("$LOOP_HOME/store", "where the Delta tables live (a path; object-store URIs later)"),
@@ -23,6 +23,11 @@ DOCUMENTED = {
     "LOOP_ALERT_WEBHOOK_URL": ("unset: no alerts", "webhook that drift alarms, pending approvals, rollbacks and failed runs are sent to"),
     "LOOP_RETENTION_MONTHS": ("24", "events older than this are dropped by the daily maintenance"),
     "LOOP_VACUUM_RETENTION_HOURS": ("168", "old Delta versions are vacuumed after this many hours"),
+    "LOOP_API_WAL": ("$LOOP_HOME/api-wal", "the scoring service's write-ahead log (one folder per service process)"),
+    "LOOP_API_TOKEN": ("unset: no auth on 127.0.0.1", "bearer token the scoring API requires; needed to bind elsewhere"),
+    "LOOP_API_FLUSH_SECONDS": ("10", "the scoring service moves its log into the store at least this often"),
+    "LOOP_API_FLUSH_ROWS": ("50000", "... or as soon as this many rows wait in the log"),
+    "LOOP_API_RELOAD_SECONDS": ("30", "how often the scoring service checks whether the champion alias moved"),
     "MLFLOW_TRACKING_URI": ("sqlite:///$LOOP_HOME/mlflow/mlflow.db", "MLflow tracking + registry backend"),
     "PREFECT_HOME": ("$LOOP_HOME/prefect", "Prefect's home (its SQLite DB when no server is set)"),
     "PREFECT_API_URL": ("unset: ephemeral local API", "a Prefect server, e.g. http://127.0.0.1:4200/api"),

@@ -35,15 +35,6 @@ from service.wal import ACTIONS, OUTCOMES, WriteAheadLog, read_segment
 
 log = logging.getLogger("loop.api")
 
-DOCUMENTED = {
-    "LOOP_API_WAL": ("$LOOP_HOME/api-wal", "the scoring service's write-ahead log (one folder per service process)"),
-    "LOOP_API_TOKEN": ("unset: no auth on 127.0.0.1", "bearer token the scoring API requires; needed to bind elsewhere"),
-    "LOOP_API_FLUSH_SECONDS": ("10", "the scoring service moves its log into the store at least this often"),
-    "LOOP_API_FLUSH_ROWS": ("50000", "... or as soon as this many rows wait in the log"),
-    "LOOP_API_RELOAD_SECONDS": ("30", "how often the scoring service checks whether the champion alias moved"),
-}
-
-
 @dataclass(frozen=True)
 class ServiceSettings:
     wal_dir: Path
