@@ -58,6 +58,11 @@ def _is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
+def _local_path(uri: str) -> Path:
+    """The folder behind a local location; a file:// URI is not a relative folder named 'file:'."""
+    return Path(uri.removeprefix("file://"))
+
+
 class EventStore:
     def __init__(self, uri: str, specs: dict[str, ModelSpec]) -> None:
         self.uri = uri.rstrip("/")
@@ -117,7 +122,7 @@ class EventStore:
             DeltaTable(self.ledger_uri).alter.set_table_description(description)
             return
         if _is_local(self.ledger_uri):
-            Path(self.ledger_uri.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+            _local_path(self.ledger_uri).mkdir(parents=True, exist_ok=True)
         DeltaTable.create(self.ledger_uri, schema=empty_frame(LEDGER_SCHEMA).to_arrow().schema, name="ingests",
                           description=description)
 
@@ -145,7 +150,7 @@ class EventStore:
             self.recover()
             yield
             return
-        root = Path(self.uri.removeprefix("file://"))
+        root = _local_path(self.uri)
         root.mkdir(parents=True, exist_ok=True)
         with open(root / ".writer.lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -171,7 +176,7 @@ class EventStore:
     def _append_checked(self, uri: str, rows: pl.DataFrame) -> None:
         if not self._exists(uri):
             if _is_local(uri):
-                Path(uri).mkdir(parents=True, exist_ok=True)
+                _local_path(uri).mkdir(parents=True, exist_ok=True)
             rows.write_delta(uri, mode="append")
             return
         self._check_types(uri, rows)
@@ -219,7 +224,7 @@ class EventStore:
     def _append(self, uri: str, rows: pl.DataFrame, schema: dict[str, pl.DataType]) -> None:
         rows = rows.select(list(schema)).cast(schema)
         if not self._exists(uri) and _is_local(uri):
-            Path(uri).mkdir(parents=True, exist_ok=True)
+            _local_path(uri).mkdir(parents=True, exist_ok=True)
         # schema_mode merge: a table written by an older release gains the columns added since.
         rows.write_delta(uri, mode="append", delta_write_options={"schema_mode": "merge"})
 
