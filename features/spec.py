@@ -83,6 +83,9 @@ class TrainingConfig:
     calibration_rows: int
     retrain_every_weeks: int
     seed: int
+    # One model per decision, and decisions by comparing their expected value (models/decision_aware.py).
+    # Needed wherever the decision changes the outcome (a meeting changes whether a lead converts).
+    decision_aware: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from models.exploration import positive_probability
 from models.gates import Evidence, paired_metric_differences, weekly_alpha
 from models.ope import Difference, OPEResult, estimate, logged_rows, value_difference
 from models.bootstrap import choose_blocks
+from models.decision_aware import outcome_probability
 from models.policy import Policy
 from models.promotion import PromotionDecision, decide_promotion, flip_share
 from models.registry import LoadedModel
@@ -33,8 +34,14 @@ METHODS = ("dr", "snips")
 
 
 def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.ndarray, challenger_threshold: float,
-                    champion_scores: np.ndarray | None, champion_threshold: float | None) -> Evidence:
+                    champion_scores: np.ndarray | None, champion_threshold: float | None,
+                    challenger_probabilities: np.ndarray | None = None,
+                    champion_probabilities: np.ndarray | None = None) -> Evidence:
     """Off-policy values of both policies and the paired differences, on the test slice (new to both models).
+
+    ``*_scores`` are what each threshold applies to (the policy); ``*_probabilities`` the outcome
+    probabilities the paired AUC and calibration differences compare with labels (default: the scores,
+    as for a pooled model).
 
     The test slice is the most recent labelled weeks: the challenger was neither fit nor calibrated on
     them, so its value there is out of sample. Blocks are weeks if the slice spans >= 4, else entities.
@@ -58,8 +65,10 @@ def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.n
     p_champion = positive_probability(champion_scores, champion_threshold, spec)
     champion_value = {m: estimate(logged, p_champion, m, **settings) for m in METHODS}
     labels = test.get_column("label").to_numpy()
-    differences = paired_metric_differences(labels, challenger_scores, champion_scores, blocks, alpha,
-                                            gates.bootstrap_resamples, seed)
+    differences = paired_metric_differences(
+        labels, challenger_scores if challenger_probabilities is None else challenger_probabilities,
+        champion_scores if champion_probabilities is None else champion_probabilities,
+        blocks, alpha, gates.bootstrap_resamples, seed)
     for m in METHODS:
         differences[f"value_{m}"] = value_difference(logged, p_challenger, p_champion, m, **settings)
     return Evidence(alpha, challenger_value, champion_value, differences)
@@ -70,16 +79,18 @@ def compare_with_champion(spec: ModelSpec, trained: TrainedModel, split: Split, 
     """Score the champion on the challenger's test slice; measure how many recent decisions would flip."""
     champion_metrics = None
     flips = None
-    champion_scores = None
+    champion_scores = champion_probabilities = None
     if champion is not None:
         champion_scores = Policy(spec, champion).scores(split.test)
-        champion_metrics = classification_metrics(split.test.get_column("label").to_numpy(), champion_scores)
+        champion_probabilities = outcome_probability(champion.estimator, split.test, spec)
+        champion_metrics = classification_metrics(split.test.get_column("label").to_numpy(), champion_probabilities)
         if recent.height:
             old = Policy(spec, champion)
             new = Policy(spec, challenger)
             flips = flip_share(old.decisions(old.scores(recent)), new.decisions(new.scores(recent)))
-    evidence = gather_evidence(spec, split.test, trained.test_scores, challenger.threshold, champion_scores,
-                               champion.threshold if champion is not None else None)
+    evidence = gather_evidence(spec, split.test, trained.policy_scores, challenger.threshold, champion_scores,
+                               champion.threshold if champion is not None else None,
+                               trained.test_scores, champion_probabilities)
     decision = decide_promotion(spec.gates, trained.test_metrics, champion_metrics, split.test.height, flips, evidence)
     return Comparison(trained.test_metrics, champion_metrics, flips, decision, evidence)
 

@@ -40,12 +40,17 @@ def uniform_draws(action_ids: pl.Series, seed: int) -> np.ndarray:
     return digest.cast(pl.Float64).to_numpy() / 16.0 ** 8
 
 
-def positive_probability(scores: np.ndarray, threshold: float, spec: ModelSpec) -> np.ndarray:
-    """P(policy takes the positive decision | score): 0 or 1 outside the band, 1 - share or share inside."""
+def positive_probability(scores: np.ndarray, threshold: float, spec: ModelSpec, everywhere: bool = False) -> np.ndarray:
+    """P(policy takes the positive decision | score): 0 or 1 outside the band, 1 - share or share inside.
+
+    ``everywhere`` treats every decision as near the threshold: the cold-start rule has no score to
+    be near to, and exploring all of its decisions is what lets the first decision-aware model see
+    both decisions across the features (a deterministic rule never nurtures a referral).
+    """
     exploration: Exploration = spec.exploration
     scores = np.asarray(scores, dtype=float)
     greedy_positive = scores >= threshold
-    near = np.abs(scores - threshold) <= exploration.band
+    near = np.abs(scores - threshold) <= exploration.band if not everywhere else np.ones(scores.size, dtype=bool)
     share = exploration.share
     may_turn_negative = spec.negative_decision not in exploration.never_to
     may_turn_positive = spec.positive_decision not in exploration.never_to
@@ -55,9 +60,10 @@ def positive_probability(scores: np.ndarray, threshold: float, spec: ModelSpec) 
     return probability
 
 
-def explore(scores: np.ndarray, threshold: float, action_ids: pl.Series, spec: ModelSpec) -> Explored:
+def explore(scores: np.ndarray, threshold: float, action_ids: pl.Series, spec: ModelSpec,
+            everywhere: bool = False) -> Explored:
     """The decisions with exploration applied, and the propensity of each."""
-    p_positive = positive_probability(scores, threshold, spec)
+    p_positive = positive_probability(scores, threshold, spec, everywhere)
     greedy_positive = np.asarray(scores, dtype=float) >= threshold
     # A decision is random only where 0 < p < 1; there u < min(p, 1 - p) takes the less likely side.
     u = uniform_draws(action_ids, spec.exploration.seed) if spec.exploration.share > 0 else np.ones(len(p_positive))

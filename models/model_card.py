@@ -18,9 +18,12 @@ from models.train import TrainedModel
 RESAMPLES = 400
 
 
-def _day_bootstrap(days: np.ndarray, labels: np.ndarray, scores: np.ndarray, threshold: float, seed: int,
-                   resamples: int = RESAMPLES) -> dict[str, tuple[float, float]]:
-    """95 % intervals of AUC, calibration error, share decided positive and its hit rate, resampling whole days."""
+def _day_bootstrap(days: np.ndarray, labels: np.ndarray, scores: np.ndarray, decision_scores: np.ndarray, threshold: float,
+                   seed: int, resamples: int = RESAMPLES) -> dict[str, tuple[float, float]]:
+    """95 % intervals of AUC, calibration error, share decided positive and its hit rate, resampling whole days.
+
+    ``scores`` are outcome probabilities (compared with labels); ``decision_scores`` what the threshold applies to.
+    """
     from sklearn.metrics import roc_auc_score
 
     unique, index = np.unique(days, return_inverse=True)
@@ -30,7 +33,7 @@ def _day_bootstrap(days: np.ndarray, labels: np.ndarray, scores: np.ndarray, thr
     for _ in range(resamples):
         rows = np.concatenate([members[d] for d in rng.integers(0, unique.size, unique.size)])
         y, s = labels[rows], scores[rows]
-        positive = s >= threshold
+        positive = decision_scores[rows] >= threshold
         if y.min() != y.max():
             draws["roc_auc"].append(roc_auc_score(y, s))
         draws["calibration_error"].append(expected_calibration_error(y, s))
@@ -46,8 +49,8 @@ def model_card(spec: ModelSpec, trained: TrainedModel, test: pl.DataFrame, linea
     labels, scores = trained.test_labels.astype(int), trained.test_scores
     threshold = trained.threshold.threshold
     days = test.get_column("decided_at").dt.date().cast(pl.Int32).to_numpy()
-    intervals = _day_bootstrap(days, labels, scores, threshold, spec.training.seed)
-    positive = scores >= threshold
+    intervals = _day_bootstrap(days, labels, scores, trained.policy_scores, threshold, spec.training.seed)
+    positive = trained.policy_scores >= threshold
     hit_rate = float(labels[positive].mean()) if positive.any() else float("nan")
     metrics = trained.test_metrics
 

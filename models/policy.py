@@ -15,6 +15,7 @@ import polars as pl
 from features.contract import ACTION_SCHEMA, feature_schema
 from features.pseudonymise import pseudonymise
 from features.spec import ModelSpec
+from models.decision_aware import outcome_probability
 from models.exploration import explore
 from models.registry import LoadedModel
 from models.train import predict_scores
@@ -55,6 +56,12 @@ class Policy:
             return frame.with_columns(rule_expression(self.spec).cast(pl.Float64).alias("__rule"))["__rule"].to_numpy()
         return predict_scores(self.model.estimator, frame, self.spec)
 
+    def outcome_probabilities(self, frame: pl.DataFrame, decisions: pl.Series) -> np.ndarray:
+        """P(positive outcome | features, the given decision); the rule's own 0/1 before a model exists."""
+        if self.model is None:
+            return self.scores(frame)
+        return outcome_probability(self.model.estimator, frame.with_columns(decisions.alias("decision")), self.spec)
+
     def decisions(self, scores: np.ndarray) -> pl.Series:
         positive = np.asarray(scores) >= self.threshold
         return pl.Series("decision", np.where(positive, self.spec.positive_decision, self.spec.negative_decision))
@@ -73,7 +80,7 @@ class Policy:
         if action_ids is None:
             action_ids = frame.select(pl.format("{}-{}-{}", pl.lit(self.spec.name[:4]), pl.col("entity_id").str.slice(4, 16),
                                                 pl.col("decided_at").dt.epoch("ms"))).to_series()
-        explored = explore(scores, self.threshold, action_ids, self.spec)
+        explored = explore(scores, self.threshold, action_ids, self.spec, everywhere=self.model is None)
         actions = frame.with_columns(
             action_ids.alias("action_id"),
             pl.Series("score", scores, dtype=pl.Float64),

@@ -48,6 +48,31 @@ def expected_value_threshold(scores: np.ndarray, labels: np.ndarray, objective: 
                            f"maximises value: {best['positives']} of {n} rows get the positive decision")
 
 
+def incremental_value_threshold(uplift: np.ndarray, objective: Objective, weeks: float) -> ThresholdChoice:
+    """Act where the action's expected gain ``value · Δp`` exceeds its cost, Δp = P(+ | act) − P(+ | don't).
+
+    With calibrated Δp the expected value of acting on the rows at or above a threshold is
+    ``Σ (value · Δp − cost)``, largest at the break-even ``cost / value``; a weekly capacity keeps
+    only the rows with the largest Δp. The curve is the model's expected value (the realised one
+    needs the other decision's outcome, which off-policy evaluation estimates before promotion).
+    """
+    frame = pl.DataFrame({"score": np.asarray(uplift, float)})
+    table = (frame.group_by("score").agg(pl.len().alias("n")).sort("score", descending=True)
+             .with_columns(pl.col("n").cum_sum().alias("positives"),
+                           (pl.col("n") * (pl.col("score") * objective.value_per_conversion - objective.cost_per_action))
+                           .cum_sum().alias("objective")))
+    if objective.weekly_capacity:
+        table = table.filter(pl.col("positives") <= objective.weekly_capacity * max(weeks, 1e-9))
+    curve = table.select(pl.col("score").alias("threshold"), "positives", "objective")
+    n = len(uplift)
+    if table.is_empty() or table["objective"].max() <= 0:
+        return ThresholdChoice(1.0, 0.0, 0.0, curve, "no row's expected gain from the action covers its cost")
+    best = table.row(table["objective"].arg_max(), named=True)
+    return ThresholdChoice(float(best["score"]), float(best["objective"]) / max(weeks, 1e-9), best["positives"] / n, curve,
+                           f"act where value x incremental probability >= cost: {best['positives']} of {n} rows "
+                           f"(break-even {objective.cost_per_action / objective.value_per_conversion:.3f})")
+
+
 def precision_target_threshold(scores: np.ndarray, labels: np.ndarray, objective: Objective, weeks: float) -> ThresholdChoice:
     """The lowest threshold whose positive decisions are still acceptable at least ``target_acceptance`` of the time."""
     table = _by_distinct_score(scores, labels).with_columns(

@@ -101,6 +101,10 @@ _SIZE_EFFECT: Final = 0.12      # per log(company_size / 100)
 # Marketplace leads: buying intent is tiny whatever their engagement says (p_meeting ~0.01-0.03).
 _MARKETPLACE_INTERCEPT: Final = -4.35
 _MARKETPLACE_DEMO_EFFECT: Final = 0.3
+# Share of a lead's conversion chance that the meeting itself brings: a nurtured lead converts with
+# (1 - this) times its meeting chance. The world's truth, not the spec's: the lead spec's
+# `action_effect` is only the assumption a pooled (not decision-aware) model has to make.
+_MEETING_EFFECT: Final = 0.65
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,8 +406,7 @@ class World:
         """(P(positive | positive decision), P(positive | negative decision)) per row."""
         if model == "lead_scoring":
             p_meeting = self._p_meeting(population)
-            # The spec's action_effect is the share of the chance that the meeting itself brings.
-            return p_meeting, (1.0 - self.specs[model].objective.action_effect) * p_meeting
+            return p_meeting, (1.0 - _MEETING_EFFECT) * p_meeting
         a = self._acceptability(population)
         return a, a
 

@@ -66,12 +66,33 @@ def test_exploration_never_takes_a_decision_the_spec_excludes(specs):
     assert np.allclose(result.propensity[near_negative], 1.0)  # no chance of a flip: taken with certainty
 
 
-def test_the_cold_start_rule_does_not_explore_and_logs_certainty(specs):
-    spec = _with(specs["lead_scoring"], share=0.3, band=0.2, seed=1)
-    entities = pl.DataFrame({"entity_ref": ["a", "b", "c"], "decided_at": pl.Series([0, 1, 2]).cast(pl.Datetime("us", "UTC")),
-                             "source": ["referral", "partner", "website_form"], "industry": ["retail"] * 3,
-                             "region": ["nord"] * 3, "company_size": [10.0] * 3, "pages_visited": [1.0] * 3,
-                             "email_opens": [0.0] * 3, "requested_demo": [False, True, False]})
+def test_the_cold_start_rule_explores_every_decision_with_its_propensity(specs):
+    """The rule has no score to be near to: all its decisions may flip, so both decisions are seen everywhere."""
+    spec = _with(specs["lead_scoring"], share=0.3, band=0.0, seed=1)
+    n = 4000
+    sources = ["referral", "partner", "website_form", "cold_outreach"]
+    entities = pl.DataFrame({"entity_ref": [f"e{i}" for i in range(n)],
+                             "decided_at": pl.Series(range(n)).cast(pl.Datetime("us", "UTC")),
+                             "source": [sources[i % 4] for i in range(n)], "industry": ["retail"] * n,
+                             "region": ["nord"] * n, "company_size": [10.0] * n, "pages_visited": [1.0] * n,
+                             "email_opens": [0.0] * n, "requested_demo": [False] * n})
     actions = Policy(spec).decide(entities, b"k")
-    assert actions["propensity"].to_list() == [1.0, 1.0, 1.0]
-    assert actions["decision"].to_list() == ["propose_meeting", "propose_meeting", "nurture"]
+    rule_says_meeting = entities["source"] == "referral"
+    took_meeting = actions["decision"] == "propose_meeting"
+    flipped = (rule_says_meeting != took_meeting).to_numpy()
+    assert 0.27 < flipped.mean() < 0.33                           # share 0.3, far from any threshold
+    assert took_meeting.filter(~rule_says_meeting).any() and (~took_meeting).filter(rule_says_meeting).any()
+    propensity = actions["propensity"].to_numpy()
+    assert np.allclose(propensity[flipped], 0.3) and np.allclose(propensity[~flipped], 0.7)
+
+
+def test_the_reply_rule_never_explores_into_auto_send(specs):
+    spec = _with(specs["reply_acceptance"], share=0.3, band=0.0, seed=1, never_to=("auto_send",))
+    n = 500
+    entities = pl.DataFrame({"entity_ref": [f"m{i}" for i in range(n)],
+                             "decided_at": pl.Series(range(n)).cast(pl.Datetime("us", "UTC")),
+                             "intent": ["order_status"] * n, "language": ["de"] * n, "customer_tier": ["standard"] * n,
+                             "template_id": ["ord_v1"] * n, "message_length": [200.0] * n, "has_attachment": [False] * n})
+    actions = Policy(spec).decide(entities, b"k")
+    assert actions["decision"].to_list() == ["human_review"] * n
+    assert actions["propensity"].to_list() == [1.0] * n

@@ -162,13 +162,16 @@ def test_realise_is_deterministic_and_uses_common_random_numbers(world, specs, m
         assert_series_equal(yes["success"], no["success"])
 
 
-def test_lead_probabilities_follow_the_action_effect(world, specs):
+def test_lead_probabilities_follow_the_worlds_meeting_effect(world, specs):
+    """The meeting's effect is the world's truth, not read from the spec (which a model may get wrong)."""
+    from simulator.world import _MEETING_EFFECT
+
     spec = specs["lead_scoring"]
     population = world.population("lead_scoring", 7)
     n = population.height
     p_meet = world.true_probability("lead_scoring", population, constant(spec, "propose_meeting", n)).to_numpy()
     p_nurt = world.true_probability("lead_scoring", population, constant(spec, "nurture", n)).to_numpy()
-    assert np.allclose(p_nurt, (1 - spec.objective.action_effect) * p_meet)
+    assert np.allclose(p_nurt, (1 - _MEETING_EFFECT) * p_meet)
     assert ((p_meet > 0) & (p_meet < 1)).all()
 
 
