@@ -88,12 +88,15 @@ def run_demo(config: DemoConfig, on_week: Callable[[int, dict], None] | None = N
             actions.write_parquet(inbox / f"actions-{model}-week{week:02d}.parquet")
             pending.append(world.outcome_events(model, population, actions["decision"], actions["action_id"],
                                                 actions["decided_at"]))
-            scored = {"loop": (loop_policy, actions["decision"], actions["score"].to_numpy())}
+            # The scoreboard's AUC and calibration error compare P(success | lead, decision taken) with the truth.
+            scored = {"loop": (loop_policy, actions["decision"],
+                               loop_policy.outcome_probabilities(population, actions["decision"]))}
             if frozen_policy is loop_policy:
                 scored["frozen"] = scored["loop"]
             else:
-                frozen_scores = frozen_policy.scores(population)
-                scored["frozen"] = (frozen_policy, frozen_policy.decisions(frozen_scores), frozen_scores)
+                frozen_decisions = frozen_policy.decisions(frozen_policy.scores(population))
+                scored["frozen"] = (frozen_policy, frozen_decisions,
+                                    frozen_policy.outcome_probabilities(population, frozen_decisions))
             oracle = world.oracle_decisions(model, population)
             truth = world.true_probability(model, population, pl.Series([spec.positive_decision] * population.height))
             week_rows[model] = []
@@ -121,6 +124,7 @@ def run_demo(config: DemoConfig, on_week: Callable[[int, dict], None] | None = N
                 if row["policy"] == "loop":
                     row["promoted"] = status["retrain"].get("event") == "promoted"
                     row["drift_alarm"] = bool(status["drift"].get("drift_detected"))
+                    row |= scoreboard.evidence_columns(status["retrain"])
             rows += model_rows
         if on_week:
             on_week(week, {"week": iso_week(as_of), **{m: result["models"][m]["retrain"].get("event", "-") for m in MODELS}})
@@ -134,8 +138,14 @@ def demo_report(table: pl.DataFrame, config: DemoConfig, settings, console) -> b
     table.write_csv(out / "weekly.csv")
     drift_weeks = config.drift_weeks
     scoreboard.chart(table, drift_weeks, out / "weekly.png")
+    evidence = scoreboard.promotion_evidence(table)
+    evidence.write_csv(out / "promotions.csv")
     with pl.Config(tbl_rows=200, tbl_cols=20, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
         print(scoreboard.wide(table))  # plain print: rich would wrap the table at 80 columns in a log
+        print("\nEach retraining decision and the off-policy evidence behind it (challenger's doubly robust value per "
+              "decision in EUR with its interval, coverage of its decisions by the logs, effective sample size, "
+              "paired difference to the champion with its interval):")
+        print(evidence)
     ok = True
     for model, first in drift_weeks.items():
         if first >= config.weeks:

@@ -31,7 +31,6 @@ import polars as pl
 from features.build import model_inputs
 from features.spec import ModelSpec
 
-
 DECISION_INPUT = "decision"
 
 

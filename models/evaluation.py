@@ -9,12 +9,12 @@ import polars as pl
 
 from features.spec import ModelSpec
 from features.training_set import Split
+from models.bootstrap import choose_blocks
+from models.decision_aware import outcome_probability
 from models.evaluate import classification_metrics
 from models.exploration import positive_probability
 from models.gates import Evidence, paired_metric_differences, weekly_alpha
 from models.ope import Difference, OPEResult, estimate, logged_rows, value_difference
-from models.bootstrap import choose_blocks
-from models.decision_aware import outcome_probability
 from models.policy import Policy
 from models.promotion import PromotionDecision, decide_promotion, flip_share
 from models.registry import LoadedModel

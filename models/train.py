@@ -16,9 +16,19 @@ from sklearn.preprocessing import OneHotEncoder
 from features.build import model_inputs
 from features.spec import ModelSpec
 from features.training_set import NotEnoughData, Split
-from models.decision_aware import DECISION_INPUT, DecisionAwareModel, decision_scores, outcome_probability, with_decision
+from models.decision_aware import (
+    DECISION_INPUT,
+    DecisionAwareModel,
+    decision_scores,
+    outcome_probability,
+    with_decision,
+)
 from models.evaluate import classification_metrics
-from models.thresholds import ThresholdChoice, choose_threshold, incremental_value_threshold
+from models.thresholds import (
+    ThresholdChoice,
+    choose_threshold,
+    incremental_value_threshold,
+)
 
 
 def build_pipeline(spec: ModelSpec, decision_aware: bool = False) -> Pipeline:

@@ -20,6 +20,10 @@ from models.evaluate import expected_calibration_error  # noqa: E402
 POLICIES = ("loop", "frozen", "oracle")
 COLUMNS = ["week", "model", "policy", "value", "roc_auc", "calibration_error", "promoted", "drift_alarm",
            "positive_share", "model_version", "threshold"]
+# The off-policy evidence behind the loop's retraining decision that week (null when none was made):
+# the challenger's doubly robust value per decision with its interval, coverage and ESS, and the
+# paired difference to the champion with its interval.
+EVIDENCE = ["decision", "ope_value", "ope_low", "ope_high", "ope_coverage", "ope_ess", "value_diff", "diff_low", "diff_high"]
 
 
 def policy_row(week: int, model: str, policy: str, value: pl.Series, success: pl.Series, scores: np.ndarray,
@@ -32,11 +36,39 @@ def policy_row(week: int, model: str, policy: str, value: pl.Series, success: pl
             "roc_auc": float(roc_auc_score(truth, scores)) if ranked else None,
             "calibration_error": expected_calibration_error(truth, np.clip(scores, 0, 1)) if ranked else None,
             "promoted": False, "drift_alarm": False, "positive_share": float(np.mean(positive)),
-            "model_version": version, "threshold": float(threshold)}
+            "model_version": version, "threshold": float(threshold), **dict.fromkeys(EVIDENCE)}
+
+
+def evidence_columns(retrain: dict) -> dict:
+    """The EVIDENCE columns from a retraining result (flows/retrain.py): decision and doubly robust figures."""
+    columns: dict = dict.fromkeys(EVIDENCE)
+    columns["decision"] = retrain.get("event")
+    for row in retrain.get("policy_values", []):
+        if row["policy"] == "challenger" and row["method"] == "dr":
+            low, high = (float(x) for x in row["interval"].strip("[]").split(","))
+            columns |= {"ope_value": row["value_per_decision"], "ope_low": low, "ope_high": high,
+                        "ope_coverage": row["coverage"], "ope_ess": row["ess"]}
+    for row in retrain.get("differences", []):
+        if row["figure"] == "value_dr":
+            low, high = (float(x) for x in row["interval"].strip("[]").split(","))
+            columns |= {"value_diff": row["difference"], "diff_low": low, "diff_high": high}
+    return columns
 
 
 def weekly_table(rows: list[dict]) -> pl.DataFrame:
-    return pl.DataFrame(rows).select(COLUMNS).sort("model", "week", "policy")
+    schema = {c: pl.Float64 for c in EVIDENCE} | {"decision": pl.String}
+    return (pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col(c).cast(t) for c, t in schema.items())
+            .select(COLUMNS + EVIDENCE).sort("model", "week", "policy"))
+
+
+def promotion_evidence(table: pl.DataFrame) -> pl.DataFrame:
+    """One line per retraining decision of the loop: what the off-policy estimate said behind it."""
+    return (table.filter((pl.col("policy") == "loop") & pl.col("decision").is_not_null())
+            .select("model", "week", "decision", pl.col("model_version").alias("champion_before"),
+                    *(pl.col(c).round(2) for c in ("ope_value", "ope_low", "ope_high")),
+                    pl.col("ope_coverage").round(3), pl.col("ope_ess").round(0),
+                    *(pl.col(c).round(2) for c in ("value_diff", "diff_low", "diff_high")))
+            .sort("model", "week"))
 
 
 def comparison_after(table: pl.DataFrame, model: str, first_week: int) -> dict[str, float]:

@@ -15,7 +15,12 @@ import polars as pl
 import pytest
 
 from features.training_set import Split
-from models.decision_aware import DecisionAwareModel, action_probabilities, decision_scores, outcome_probability
+from models.decision_aware import (
+    DecisionAwareModel,
+    action_probabilities,
+    decision_scores,
+    outcome_probability,
+)
 from models.policy import Policy
 from models.thresholds import incremental_value_threshold
 from models.train import fit_model, predict_scores
