@@ -86,7 +86,9 @@ def register_champion(home: Path) -> tuple[str, pl.DataFrame]:
         rng = np.random.default_rng(week)
         logit = (population["pages_visited"].to_numpy() - 5) / 3 + 1.5 * population["requested_demo"].to_numpy() - 1
         label = rng.random(population.height) < 1 / (1 + np.exp(-logit))
-        frames.append(population.with_columns(label=pl.Series(label.astype(np.int8)), week=pl.lit(f"2026-W0{week + 1}")))
+        meeting = rng.random(population.height) < 0.5   # the lead model is decision-aware: both decisions logged
+        frames.append(population.with_columns(label=pl.Series(label.astype(np.int8)), week=pl.lit(f"2026-W0{week + 1}"),
+                                              decision=pl.Series(np.where(meeting, "propose_meeting", "nurture"))))
     trained = fit_model(Split(fit=pl.concat(frames[:2]), calibration=frames[2], test=frames[3]), spec)
     _, version = runtime.registry.log_training(spec, trained, lineage={"as_of": "2026-01-26T00:00:00+00:00"},
                                                input_example=frames[0].head(5), week="2026-W04", plots={},

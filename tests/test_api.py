@@ -151,7 +151,9 @@ def _register_champion(runtime: Runtime) -> tuple[str, object]:
         noise = np.random.default_rng(week).random(population.height) < 0.15
         label = ((pl.col("requested_demo") | (pl.col("pages_visited") > 5)).cast(pl.Int8) ^ pl.lit(pl.Series(noise))
                  .cast(pl.Int8))
-        frames.append(population.with_columns(label=label, week=pl.lit(f"2026-W0{week + 1}")))
+        meeting = np.random.default_rng(10 + week).random(population.height) < 0.5
+        frames.append(population.with_columns(label=label, week=pl.lit(f"2026-W0{week + 1}"),
+                                              decision=pl.Series(np.where(meeting, "propose_meeting", "nurture"))))
     split = Split(fit=frames[0], calibration=frames[1], test=frames[2])
     trained = fit_model(split, spec)
     _, version = runtime.registry.log_training(spec, trained, lineage={"as_of": "2026-01-19T00:00:00+00:00"},
@@ -173,8 +175,12 @@ def test_the_service_follows_the_champion_alias_without_a_restart(tmp_path, monk
         assert process.poll() is None
     assert answer["model_version"] == version
     assert answer["threshold"] == pytest.approx(trained.threshold.threshold, abs=1e-6)
-    # Independent of the serving path: the pandas input the model was trained and evaluated with.
-    expected = trained.estimator.predict_proba(sklearn_inputs(pl.DataFrame([LEAD]), runtime.spec("lead_scoring")))[0, 1]
+    # Independent of the serving path: the pandas input the model was trained and evaluated with. The lead
+    # model is decision-aware: its score is the conversion chance a meeting adds.
+    inputs = sklearn_inputs(pl.DataFrame([LEAD]), runtime.spec("lead_scoring"))
+    calibrated = trained.estimator.estimator
+    expected = (calibrated.predict_proba(inputs.assign(decision="propose_meeting"))[0, 1]
+                - calibrated.predict_proba(inputs.assign(decision="nurture"))[0, 1])
     assert answer["decisions"][0]["score"] == pytest.approx(expected, abs=1e-9)
     decision = answer["decisions"][0]
     assert decision["decision"] == ("propose_meeting" if decision["score"] >= answer["threshold"] else "nurture")
