@@ -169,7 +169,9 @@ def migrate() -> None:
 @app.command()
 def simulate(out: Annotated[Path, typer.Option(help="Folder to write the simulated CRM/mailbox exports to.")] = Path("simulated"),
              weeks: Annotated[int, typer.Option(help="Simulated weeks.")] = 2,
-             seed: Annotated[int, typer.Option(help="Seed of the synthetic world.")] = 7) -> None:
+             seed: Annotated[int, typer.Option(help="Seed of the synthetic world.")] = 7,
+             leads: Annotated[int, typer.Option(help="Leads per week.")] = 2000,
+             emails: Annotated[int, typer.Option(help="E-mails per week.")] = 5000) -> None:
     """Write simulated actions (decided by the cold-start rule) and their observed outcomes as files to ingest."""
     import polars as pl
 
@@ -177,7 +179,7 @@ def simulate(out: Annotated[Path, typer.Option(help="Folder to write the simulat
     from models.policy import Policy
     from simulator.world import MODELS, World, WorldConfig
 
-    world = World(WorldConfig(seed=seed), runtime.specs)
+    world = World(WorldConfig(seed=seed, leads_per_week=leads, emails_per_week=emails), runtime.specs)
     out.mkdir(parents=True, exist_ok=True)
     end = world.week_start(weeks)
     for week in range(weeks):
@@ -396,8 +398,9 @@ def serve() -> None:
 
 
 @app.command()
-def api(host: Annotated[str, typer.Option(help="Address to listen on; beyond 127.0.0.1 needs LOOP_API_TOKEN.")] = "127.0.0.1",
-        port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+def api(host: Annotated[str, typer.Option(envvar="LOOP_API_HOST",
+                                          help="Address to listen on; beyond 127.0.0.1 needs LOOP_API_TOKEN.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(envvar="LOOP_API_PORT", help="Port to listen on.")] = 8000,
         access_log: Annotated[bool, typer.Option(help="Log every request (paths and status only).")] = False) -> None:
     """Serve the scoring API the CRM and the mail system call (decisions, outcomes; docs at /docs)."""
     runtime = _runtime()
