@@ -40,7 +40,7 @@ test-postgres: $(READY)
 	    || { apt-get update -q && apt-get install -y -q --no-install-recommends postgresql; }; \
 	fi
 	$(BIN)/python -m pip install --quiet --quiet --disable-pip-version-check -r requirements-server.txt
-	LOOP_TEST_POSTGRES=1 $(BIN)/python -m pytest -m postgres tests/test_postgres.py
+	LOOP_TEST_POSTGRES=1 $(BIN)/python -m pytest -m postgres --durations=5 tests/test_postgres.py
 
 ui: $(READY)
 	$(BIN)/loop ui
