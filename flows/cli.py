@@ -1,7 +1,9 @@
 """`loop`: the command line of the self-optimising feedback loop.
 
 Exit codes: 0 success; 1 error (bad input, unknown model, failed run); 3 ingest finished but
-rejected rows or files (they are in quarantine / failed); 4 a check failed (demo, reproduce, doctor).
+rejected rows or files (they are in quarantine / failed); 4 a check failed (demo, reproduce, doctor);
+5 refused: approve, reject or rollback named a model or version that does not exist or is not in the
+state the command needs (nothing changed).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from features.settings import prepare_environment
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(soft_wrap=True)  # whole lines in logs and pipes, so scripts can grep them
-EXIT_ERROR, EXIT_REJECTED, EXIT_CHECK_FAILED = 1, 3, 4
+EXIT_ERROR, EXIT_REJECTED, EXIT_CHECK_FAILED, EXIT_REFUSED = 1, 3, 4, 5
 
 AsOf = Annotated[Optional[datetime], typer.Option(
     "--as-of", help="Treat this moment as 'now' (ISO time, UTC if no offset). Default: the system clock.")]
@@ -167,7 +169,9 @@ def migrate() -> None:
 @app.command()
 def simulate(out: Annotated[Path, typer.Option(help="Folder to write the simulated CRM/mailbox exports to.")] = Path("simulated"),
              weeks: Annotated[int, typer.Option(help="Simulated weeks.")] = 2,
-             seed: Annotated[int, typer.Option(help="Seed of the synthetic world.")] = 7) -> None:
+             seed: Annotated[int, typer.Option(help="Seed of the synthetic world.")] = 7,
+             leads: Annotated[int, typer.Option(help="Leads per week.")] = 2000,
+             emails: Annotated[int, typer.Option(help="E-mails per week.")] = 5000) -> None:
     """Write simulated actions (decided by the cold-start rule) and their observed outcomes as files to ingest."""
     import polars as pl
 
@@ -175,7 +179,7 @@ def simulate(out: Annotated[Path, typer.Option(help="Folder to write the simulat
     from models.policy import Policy
     from simulator.world import MODELS, World, WorldConfig
 
-    world = World(WorldConfig(seed=seed), runtime.specs)
+    world = World(WorldConfig(seed=seed, leads_per_week=leads, emails_per_week=emails), runtime.specs)
     out.mkdir(parents=True, exist_ok=True)
     end = world.week_start(weeks)
     for week in range(weeks):
@@ -311,12 +315,14 @@ def _decision_command(kind: str, model: str, version: str, by: str, reason: str)
 
     from features.clock import iso_week
 
+    if model not in runtime.specs:
+        _fail(f"unknown model '{model}' (known: {', '.join(runtime.specs)})", EXIT_REFUSED)
     now = datetime.now(UTC)
     audit = AuditTrail(runtime.store, runtime.registry, now)
     try:
         (approve if kind == "approve" else reject)(model, version, by, reason, runtime.registry, audit, week=iso_week(now))
     except ApprovalError as exc:
-        _fail(str(exc))
+        _fail(f"refused: {exc}", EXIT_REFUSED)
     console.print(f"{model} version {version}: {kind}d by {by}")
     if os.environ.get("PREFECT_API_URL"):  # only a Prefect server has approval runs waiting on a form
         from flows.approval import close_open_requests
@@ -334,7 +340,7 @@ def _decision_command(kind: str, model: str, version: str, by: str, reason: str)
 def approve_cmd(model: str, version: str,
                 by: Annotated[str, typer.Option("--by", help="Who approves (recorded in the audit table).")],
                 reason: Annotated[str, typer.Option(help="Why.")] = "") -> None:
-    """Approve a version waiting for approval: it becomes champion."""
+    """Approve a version waiting for approval: it becomes champion (exit 5 if it does not exist or does not wait)."""
     _decision_command("approve", model, version, by, reason)
 
 
@@ -342,24 +348,26 @@ def approve_cmd(model: str, version: str,
 def reject_cmd(model: str, version: str,
                by: Annotated[str, typer.Option("--by", help="Who rejects (recorded in the audit table).")],
                reason: Annotated[str, typer.Option(help="Why.")] = "") -> None:
-    """Reject a version waiting for approval: the champion stays."""
+    """Reject a version waiting for approval: the champion stays (exit 5 if it does not exist or does not wait)."""
     _decision_command("reject", model, version, by, reason)
 
 
 @app.command("rollback")
 def rollback_cmd(model: str, by: Annotated[str, typer.Option("--by", help="Who rolls back.")] = "operator",
                  reason: Annotated[str, typer.Option(help="Why.")] = "") -> None:
-    """Restore the champion that the current one replaced."""
+    """Restore the champion that the current one replaced (exit 5 if there is none to restore)."""
     runtime = _runtime()
     from models.promotion import ApprovalError, AuditTrail, rollback
 
     from features.clock import iso_week
 
+    if model not in runtime.specs:
+        _fail(f"unknown model '{model}' (known: {', '.join(runtime.specs)})", EXIT_REFUSED)
     now = datetime.now(UTC)
     try:
         restored = rollback(model, by, reason, runtime.registry, AuditTrail(runtime.store, runtime.registry, now), week=iso_week(now))
     except ApprovalError as exc:
-        _fail(str(exc))
+        _fail(f"refused: {exc}", EXIT_REFUSED)
     if os.environ.get("PREFECT_API_URL"):  # without a Prefect server there is no automation to alert anyone
         from flows.alerts import emit
 
@@ -390,8 +398,9 @@ def serve() -> None:
 
 
 @app.command()
-def api(host: Annotated[str, typer.Option(help="Address to listen on; beyond 127.0.0.1 needs LOOP_API_TOKEN.")] = "127.0.0.1",
-        port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+def api(host: Annotated[str, typer.Option(envvar="LOOP_API_HOST",
+                                          help="Address to listen on; beyond 127.0.0.1 needs LOOP_API_TOKEN.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(envvar="LOOP_API_PORT", help="Port to listen on.")] = 8000,
         access_log: Annotated[bool, typer.Option(help="Log every request (paths and status only).")] = False) -> None:
     """Serve the scoring API the CRM and the mail system call (decisions, outcomes; docs at /docs)."""
     runtime = _runtime()

@@ -132,7 +132,7 @@ def apply_decision(decision: PromotionDecision, model: str, version: str, regist
 
 
 class ApprovalError(ValueError):
-    """An approval, rejection or rollback that does not fit the registry's state."""
+    """An approval, rejection or rollback that does not fit the registry's state: refused, nothing changed."""
 
 
 Answer = Literal["approve", "reject"]
@@ -146,11 +146,37 @@ def is_pending(model: str, version: str, registry: Registry) -> bool:
     return pending is not None and str(pending.version) == str(version)
 
 
+# What a recorded decision tag says about a version that no longer waits, for the refusal message.
+_DECIDED = {"promoted": "it was promoted by the gates", "approved": "it was approved", "rejected": "it was rejected",
+            "approval_expired": "its approval request expired", "kept_champion": "the gates kept the champion instead",
+            "rolled_back": "it was restored by a rollback"}
+
+
+def _existing_version(model: str, version: str, registry: Registry):
+    """The registered version, or a refusal that names the versions there are."""
+    found = registry.get_version(model, version) if str(version).isdigit() else None
+    if found is None:
+        known = [str(v.version) for v in registry.versions(model)]
+        raise ApprovalError(f"{model} has no version '{version}' in the registry "
+                            f"({'versions: ' + ', '.join(known) if known else 'no versions registered yet'})")
+    return found
+
+
 def _require_pending(model: str, version: str, registry: Registry) -> None:
-    if not is_pending(model, version, registry):
-        pending = registry.version_by_alias(model, CHALLENGER)
-        raise ApprovalError(f"{model} version {version} is not waiting for approval "
-                            f"(waiting: {pending.version if pending else 'none'})")
+    if is_pending(model, version, registry):
+        return
+    found = _existing_version(model, version, registry)
+    champion = registry.version_by_alias(model, CHAMPION)
+    if champion is not None and str(champion.version) == str(version):
+        state = "it is the champion"
+    else:
+        decision = found.tags.get("decision")
+        state = _DECIDED.get(decision, "it was never put up for approval")
+        if decision in _DECIDED and found.tags.get("decision_by"):
+            state += f" (by {found.tags['decision_by']})"
+    pending = registry.version_by_alias(model, CHALLENGER)
+    raise ApprovalError(f"{model} version {version} is not waiting for approval: {state}; "
+                        f"waiting for approval: {'version ' + str(pending.version) if pending else 'none'}")
 
 
 def approve(model: str, version: str, by: str, reason: str, registry: Registry, audit: AuditTrail, week: str = "") -> None:
@@ -225,14 +251,25 @@ def expire_overdue(store: EventStore, registry: Registry, timeouts: dict[str, fl
 
 
 def rollback(model: str, by: str, reason: str, registry: Registry, audit: AuditTrail, week: str = "") -> str:
-    """Restore the champion that the current one replaced; returns the restored version."""
-    current = registry.version_by_alias(model, CHAMPION)
-    if current is None:
-        raise ApprovalError(f"{model} has no champion to roll back")
-    previous = current.tags.get("previous_champion")
-    if not previous or registry.get_version(model, previous) is None:
-        raise ApprovalError(f"{model} champion version {current.version} has no previous champion to restore")
-    registry.set_alias(model, CHAMPION, previous)
-    audit.record(model, previous, "rolled_back", [f"restored from version {current.version}", reason or "rollback"], actor=by,
-                 week=week)
+    """Restore the champion that the current one replaced; returns the restored version.
+
+    Refused (ApprovalError, nothing changed) when there is no champion, when the champion replaced
+    none (the first model, which replaced the cold-start rule), or when the version it replaced is
+    gone from the registry. A second rollback walks one step further back, as far as there are steps.
+    """
+    # Under the store's write lock, like approve: a rollback and an approval must not interleave.
+    with audit.store.writer():
+        current = registry.version_by_alias(model, CHAMPION)
+        if current is None:
+            raise ApprovalError(f"{model} has no champion to roll back (the spec's cold-start rule decides)")
+        previous = current.tags.get("previous_champion")
+        if not previous:
+            raise ApprovalError(f"{model} champion version {current.version} replaced no earlier champion: "
+                                f"there is no previous champion to restore")
+        if registry.get_version(model, previous) is None:
+            raise ApprovalError(f"{model} champion version {current.version} replaced version {previous}, "
+                                f"which is no longer in the registry: nothing to restore")
+        registry.set_alias(model, CHAMPION, previous)
+        audit.record(model, previous, "rolled_back", [f"restored from version {current.version}", reason or "rollback"],
+                     actor=by, week=week)
     return previous

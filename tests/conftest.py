@@ -24,6 +24,16 @@ from features.spec import load_specs  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """The PostgreSQL production-setup tests start a database and three servers: only on request."""
+    if os.environ.get("LOOP_TEST_POSTGRES") == "1":
+        return
+    opt_in = pytest.mark.skip(reason="opt-in: `make test-postgres` runs the PostgreSQL production-setup tests")
+    for item in items:
+        if item.get_closest_marker("postgres"):
+            item.add_marker(opt_in)
+
+
 @pytest.fixture(scope="session")
 def specs():
     return load_specs(REPO / "data" / "specs")

@@ -252,3 +252,93 @@ def test_maintenance_expires_requests_whose_approval_run_is_gone(loop_home):
     assert expire_overdue(runtime.store, runtime.registry, timeouts, now + timedelta(hours=74)) == []
     assert runtime.registry.version_by_alias(MODEL, "challenger") is None
     assert _decisions(runtime).select("event", "actor", "week").rows() == [("approval_expired", "timeout", WEEK)]
+
+
+def _cli(*args: str):
+    from flows.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def _aliases_and_audit(runtime: Runtime) -> tuple:
+    """What a refused command must leave exactly as it was: both aliases and the audit table."""
+    registry = runtime.registry
+    champion, challenger = registry.version_by_alias(MODEL, "champion"), registry.version_by_alias(MODEL, "challenger")
+    return (champion and str(champion.version), challenger and str(challenger.version),
+            runtime.store.scan_audit().collect().height)
+
+
+def test_approve_and_reject_refuse_a_version_that_does_not_exist(loop_home):
+    from flows.cli import EXIT_REFUSED
+
+    runtime = _waiting_promotion(loop_home)
+    before = _aliases_and_audit(runtime)
+    for command in ("approve", "reject"):
+        result = _cli(command, MODEL, "9", "--by", "anna")
+        assert result.exit_code == EXIT_REFUSED, result.output
+        assert "refused: lead_scoring has no version '9' in the registry (versions: 1, 2)" in result.output
+    not_a_number = _cli("approve", MODEL, "v2", "--by", "anna")
+    assert not_a_number.exit_code == EXIT_REFUSED and "no version 'v2'" in not_a_number.output
+    unknown = _cli("approve", "churn", "2", "--by", "anna")
+    assert unknown.exit_code == EXIT_REFUSED and "unknown model 'churn'" in unknown.output
+    assert _aliases_and_audit(runtime) == before
+
+
+def test_approve_and_reject_refuse_a_version_that_does_not_wait_for_approval(loop_home):
+    from flows.cli import EXIT_REFUSED
+
+    runtime = _waiting_promotion(loop_home)
+    champion = _cli("approve", MODEL, "1", "--by", "anna")
+    assert champion.exit_code == EXIT_REFUSED, champion.output
+    assert ("lead_scoring version 1 is not waiting for approval: it is the champion; "
+            "waiting for approval: version 2") in champion.output
+
+    assert _cli("reject", MODEL, "2", "--by", "ben", "--reason", "too many meetings").exit_code == 0
+    before = _aliases_and_audit(runtime)
+    for command in ("approve", "reject"):   # a second answer to a decided request: refused, the first counts
+        late = _cli(command, MODEL, "2", "--by", "carla")
+        assert late.exit_code == EXIT_REFUSED, late.output
+        assert ("lead_scoring version 2 is not waiting for approval: it was rejected (by ben); "
+                "waiting for approval: none") in late.output
+    assert _aliases_and_audit(runtime) == before == ("1", None, before[2])
+    assert runtime.registry.get_version(MODEL, "2").tags["decision_by"] == "ben"
+
+
+def test_rollback_refuses_when_there_is_no_previous_champion_to_restore(loop_home):
+    from flows.cli import EXIT_REFUSED
+
+    nothing = _cli("rollback", "reply_acceptance", "--by", "anna")   # no model registered at all
+    assert nothing.exit_code == EXIT_REFUSED and "reply_acceptance has no champion to roll back" in nothing.output
+    unknown = _cli("rollback", "churn", "--by", "anna")
+    assert unknown.exit_code == EXIT_REFUSED and "unknown model 'churn'" in unknown.output
+
+    runtime = _waiting_promotion(loop_home)
+    before = _aliases_and_audit(runtime)
+    first = _cli("rollback", MODEL, "--by", "anna")
+    assert first.exit_code == EXIT_REFUSED, first.output
+    assert "champion version 1 replaced no earlier champion: there is no previous champion to restore" in first.output
+    assert _aliases_and_audit(runtime) == before
+
+    assert _cli("approve", MODEL, "2", "--by", "anna").exit_code == 0
+    back = _cli("rollback", MODEL, "--by", "ben", "--reason", "complaints")
+    assert back.exit_code == 0 and "champion is version 1 again" in back.output
+    rolled = runtime.store.scan_audit().filter(pl.col("event") == "rolled_back").collect()
+    assert rolled.select("version", "actor").rows() == [("1", "ben")]
+    # Version 1 replaced the cold-start rule, not a model: a second rollback has nowhere to go.
+    before = _aliases_and_audit(runtime)
+    again = _cli("rollback", MODEL, "--by", "ben")
+    assert again.exit_code == EXIT_REFUSED and "champion version 1 replaced no earlier champion" in again.output
+    assert _aliases_and_audit(runtime) == before
+
+
+def test_rollback_refuses_when_the_previous_champion_left_the_registry(loop_home):
+    from flows.cli import EXIT_REFUSED
+
+    runtime = _waiting_promotion(loop_home)
+    assert _cli("approve", MODEL, "2", "--by", "anna").exit_code == 0
+    runtime.registry.client.delete_model_version(MODEL, "1")
+    before = _aliases_and_audit(runtime)
+    gone = _cli("rollback", MODEL, "--by", "ben")
+    assert gone.exit_code == EXIT_REFUSED, gone.output
+    assert "champion version 2 replaced version 1, which is no longer in the registry" in gone.output
+    assert _aliases_and_audit(runtime) == before == ("2", None, before[2])

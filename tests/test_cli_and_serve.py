@@ -10,7 +10,7 @@ import polars as pl
 from typer.testing import CliRunner
 
 from features.spec import SpecError, parse_spec
-from flows.cli import EXIT_REJECTED, app
+from flows.cli import EXIT_REFUSED, EXIT_REJECTED, app
 from tests.helpers import lead_action
 
 runner = CliRunner()
@@ -46,7 +46,7 @@ def test_missing_input_and_unknown_model_fail_with_a_clear_message(loop_home, tm
 
 def test_approving_when_nothing_waits_is_refused(loop_home):
     result = runner.invoke(app, ["approve", "lead_scoring", "7", "--by", "anna"])
-    assert result.exit_code == 1 and "not waiting for approval" in result.output
+    assert result.exit_code == EXIT_REFUSED and "no version '7' in the registry (no versions registered yet)" in result.output
 
 
 def test_a_broken_spec_names_the_file_and_the_problem(tmp_path, specs):
