@@ -14,10 +14,12 @@ from datetime import timedelta
 import polars as pl
 
 from features.clock import iso_week
+from features.safe_mode import active
 from flows.runtime import Runtime
 from flows.self_optimise import self_optimise_flow
 from models.policy import Policy
 from models.registry import CHAMPION, LoadedModel
+from models.safe_decisions import SafeMode
 from simulator import scoreboard
 from simulator.world import MODELS, World, WorldConfig
 
@@ -79,7 +81,7 @@ def run_demo(config: DemoConfig, on_week: Callable[[int, dict], None] | None = N
         for model in MODELS:
             spec = runtime.spec(model)
             population = world.population(model, week)
-            loop_policy = Policy(spec, _champion(runtime, model))
+            loop_policy = Policy(spec, _champion(runtime, model), SafeMode.from_frame(active(runtime.store, model)))
             if week == config.frozen_week:
                 frozen[model] = loop_policy
             frozen_policy = frozen.get(model, loop_policy)
