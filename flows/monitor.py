@@ -118,6 +118,8 @@ def monitor_flow(model: str, as_of: datetime | None = None, emit_trigger: bool =
     guard = check_guard(model, as_of)
     if guard["status"] == "rolled_back":
         emit("loop.model.rolled_back", model, {"restored": guard["restored"], "by": "guard", "reason": guard["reason"]})
+    elif guard["status"] == "uncovered":
+        emit("loop.guard.fell_short", model, {"version": guard["version"], "reason": guard["reason"]})
     drift = check_drift(model, as_of)
     patterns = check_patterns(model, as_of)
     if drift["drift_detected"]:
