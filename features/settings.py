@@ -20,7 +20,7 @@ DOCUMENTED = {
     "LOOP_SPECS_DIR": ("data/specs", "folder of model specs (one TOML file per model)"),
     "LOOP_INBOX": ("$LOOP_HOME/inbox", "folder the scheduled ingest picks files up from"),
     "LOOP_PSEUDONYM_KEY": ("none: required, except for `loop demo`", "secret key for pseudonymising lead/customer ids"),
-    "LOOP_ALERT_WEBHOOK_URL": ("unset: no alerts", "webhook that drift alarms, pending approvals, rollbacks and failed runs are sent to"),
+    "LOOP_ALERT_WEBHOOK_URL": ("unset: no alerts", "webhook that drift alarms, pending approvals, rollbacks, guard shortfalls and failed runs are sent to"),
     "LOOP_RETENTION_MONTHS": ("24", "events older than this are dropped by the daily maintenance"),
     "LOOP_VACUUM_RETENTION_HOURS": ("168", "old Delta versions are vacuumed after this many hours"),
     "LOOP_API_WAL": ("$LOOP_HOME/api-wal", "the scoring service's write-ahead log (one folder per service process)"),

@@ -110,6 +110,12 @@ class Gates:
     min_coverage: float = 0.90          # share of the challenger's decision mass the logging policy could take
     min_ess: float = 100.0              # effective sample size of the importance weights
     bootstrap_resamples: int = 1000
+    # Guard after promotion (models/guard.py): for this many weeks after a promotion, the new champion's
+    # value gain over the previous one is re-estimated off-policy on the new weeks' logs; when it clearly
+    # falls short of the gain claimed at promotion by more than `guard_margin` (EUR per decision) and no
+    # longer clears `min_value_improvement`, the previous champion is restored. 0 weeks: no guard.
+    guard_weeks: int = 2
+    guard_margin: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,28 @@ class Exploration:
     band: float = 0.0
     seed: int = 0
     never_to: tuple[str, ...] = ()     # decisions exploration never takes (e.g. auto_send)
+
+
+@dataclass(frozen=True)
+class Patterns:
+    """The weekly pattern report and safe mode (models/patterns.py, models/safe_decisions.py).
+
+    Per value of each ``segments`` column, the positive-outcome rate at equal label age now against the
+    champion's training window. ``rate_of``: "all" labelled rows, or only rows that took the
+    "positive_decision" (conversion per proposed meeting). A segment is flagged when the rate is clearly
+    below ``floor`` or clearly fell by more than ``max_drop`` (either may be left out); with ``safe_mode``
+    flagged segments take the negative decision until a person clears them, except ``explore_share`` of
+    the rows the policy would have acted on (never into a decision [exploration] never_to excludes).
+    """
+    segments: tuple[str, ...] = ()
+    rate_of: Literal["all", "positive_decision"] = "all"
+    floor: float | None = None
+    max_drop: float | None = None
+    min_rows: int = 100
+    alpha: float = 0.10                 # family-wise over the segments tested in one report (Bonferroni)
+    safe_mode: bool = False
+    explore_share: float = 0.05
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -139,6 +167,7 @@ class ModelSpec:
     content_hash: str
     source_text: str
     exploration: Exploration = Exploration()
+    patterns: Patterns = Patterns()
 
     @property
     def feature_names(self) -> list[str]:
@@ -216,6 +245,13 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
                         f"and bootstrap_resamples >= 100")
     if not gates.approval_timeout_hours > 0:
         raise SpecError(f"{path}: [gates] approval_timeout_hours must be positive, not {gates.approval_timeout_hours!r}")
+    if gates.guard_weeks < 0 or gates.guard_margin < 0:
+        raise SpecError(f"{path}: [gates] guard_weeks and guard_margin must not be negative")
+    patterns = _patterns(raw, features, path)
+    if patterns.safe_mode and patterns.explore_share > 0 and exploration.share > 0 and patterns.seed == exploration.seed:
+        # Equal seeds would give both the same draw per action: the floor would keep exactly the
+        # explored rows, and P(positive) would no longer be the product the logged propensity says.
+        raise SpecError(f"{path}: [patterns] seed must differ from [exploration] seed")
     return ModelSpec(
         name=raw["name"],
         description=raw.get("description", ""),
@@ -233,7 +269,25 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
         content_hash=hashlib.sha256(text.encode()).hexdigest()[:16],
         source_text=text,
         exploration=exploration,
+        patterns=patterns,
     )
+
+
+def _patterns(raw: dict, features: list[Feature], path: Path) -> Patterns:
+    patterns = _build(Patterns, raw.get("patterns", {}), path, "patterns")
+    patterns = Patterns(tuple(patterns.segments), patterns.rate_of,
+                        None if patterns.floor is None else float(patterns.floor),
+                        None if patterns.max_drop is None else float(patterns.max_drop), int(patterns.min_rows),
+                        float(patterns.alpha), bool(patterns.safe_mode), float(patterns.explore_share), int(patterns.seed))
+    categorical = {f.name for f in features if f.type == "categorical"}
+    if set(patterns.segments) - categorical:
+        raise SpecError(f"{path}: [patterns] segments must be categorical features, not "
+                        f"{sorted(set(patterns.segments) - categorical)}")
+    if patterns.rate_of not in ("all", "positive_decision"):
+        raise SpecError(f"{path}: [patterns] rate_of must be 'all' or 'positive_decision', not {patterns.rate_of!r}")
+    if not (0 < patterns.alpha < 1 and 0 <= patterns.explore_share < 0.5 and patterns.min_rows >= 1):
+        raise SpecError(f"{path}: [patterns] needs 0 < alpha < 1, 0 <= explore_share < 0.5 and min_rows >= 1")
+    return patterns
 
 
 def load_spec(path: Path) -> ModelSpec:

@@ -38,6 +38,18 @@ def drift_windows(store: EventStore, spec: ModelSpec, as_of: datetime, reference
     return reference, current
 
 
+def pattern_windows(store: EventStore, spec: ModelSpec, as_of: datetime, reference_end: datetime,
+                    reference_days: int = 28) -> tuple[pl.DataFrame, pl.DataFrame, tuple[datetime, datetime]]:
+    """The pattern report's reference (the champion's training window) and current window, and the latter's bounds.
+
+    Current = the latest 7 days whose rows all reached the label age: [as_of - horizon - 7d, as_of - horizon),
+    so every row in it is labelled at the same age as the reference's.
+    """
+    end = as_of - timedelta(days=outcome_horizon_days(spec))
+    reference = window(store, spec, reference_end - timedelta(days=reference_days), reference_end, as_of)
+    return reference, window(store, spec, end - timedelta(days=7), end, as_of), (end - timedelta(days=7), end)
+
+
 def as_known_at(frame: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
     """Only rows the store had received by ``as_of``: filtering the current tables rebuilds a past view."""
     return frame.filter(pl.col("ingested_at") <= _utc(as_of))
@@ -51,6 +63,15 @@ def labelled_frame(store: EventStore, spec: ModelSpec, as_of: datetime) -> pl.Da
     """
     complete = store.complete_ingests()
     actions = as_known_at(store.scan_actions(spec.name, complete), as_of)
+    outcomes = as_known_at(store.scan_outcomes(complete), as_of)
+    return mature(with_labels(actions, outcomes, spec, as_of)).sort("decided_at", "action_id").collect()
+
+
+def labelled_between(store: EventStore, spec: ModelSpec, start: datetime, end: datetime, as_of: datetime) -> pl.DataFrame:
+    """Mature labelled actions decided in [start, end) that the store had by ``as_of`` (the labels of ``labelled_frame``)."""
+    complete = store.complete_ingests()
+    actions = as_known_at(store.scan_actions(spec.name, complete), as_of).filter(
+        (pl.col("decided_at") >= _utc(start)) & (pl.col("decided_at") < _utc(end)))
     outcomes = as_known_at(store.scan_outcomes(complete), as_of)
     return mature(with_labels(actions, outcomes, spec, as_of)).sort("decided_at", "action_id").collect()
 

@@ -1,7 +1,8 @@
 """Alerts: Prefect events from the loop, and automations that send them to a webhook.
 
-The loop emits `loop.drift.detected`, `loop.promotion.awaiting_approval` and
-`loop.model.rolled_back`; together with failed flow runs these are what needs a person. An
+The loop emits `loop.drift.detected`, `loop.promotion.awaiting_approval`,
+`loop.model.rolled_back` (a person's or the guard's) and `loop.guard.fell_short` (the guard found a
+new champion short of its claim but could not roll back on its own); together with failed flow runs these are what needs a person. An
 automation per kind sends a notification through a webhook block whose URL comes from
 LOOP_ALERT_WEBHOOK_URL (a chat or paging system's incoming webhook). `loop serve` creates them.
 """
@@ -15,6 +16,7 @@ ALERTS = {
     "loop.drift.detected": "Drift alarm for {{ event.resource.id }}",
     "loop.promotion.awaiting_approval": "A promotion waits for approval: {{ event.resource.id }}",
     "loop.model.rolled_back": "Rolled back: {{ event.resource.id }}",
+    "loop.guard.fell_short": "A new champion fell short of its promotion's claim: {{ event.resource.id }}",
     "prefect.flow-run.Failed": "A loop run failed: {{ event.resource.name }}",
 }
 

@@ -375,6 +375,56 @@ def rollback_cmd(model: str, by: Annotated[str, typer.Option("--by", help="Who r
     console.print(f"{model}: champion is version {restored} again")
 
 
+@app.command("safe-mode")
+def safe_mode_cmd(model: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
+                  history: Annotated[bool, typer.Option("--history", help="Every event, not only the segments held now.")] = False,
+                  as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List the segments held in safe mode (they take the safe decision until `loop clear`)."""
+    import polars as pl
+
+    runtime = _runtime()
+    from features.safe_mode import active
+    from features.safe_mode import history as events
+
+    if model is not None and model not in runtime.specs:
+        _fail(f"unknown model '{model}' (known: {', '.join(runtime.specs)})")
+    rows = events(runtime.store, model) if history else active(runtime.store, model)
+    rows = rows.with_columns(pl.col(pl.Datetime).dt.to_string())
+    if as_json:
+        print(json.dumps(rows.to_dicts(), indent=2))
+        return
+    if rows.is_empty():
+        console.print("no segment is in safe mode" if not history else "no safe-mode events")
+        return
+    table = Table(title="safe-mode events" if history else "segments in safe mode")
+    for col in rows.columns:
+        table.add_column(col, overflow="fold")
+    for row in rows.iter_rows():
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+
+
+@app.command("clear")
+def clear_cmd(model: Annotated[str, typer.Argument(help="Model name.")],
+              segment: Annotated[str, typer.Argument(help="The segment as COLUMN=VALUE, e.g. template_id=ret_v2.")],
+              by: Annotated[str, typer.Option("--by", help="Who clears it (recorded in the safe-mode and audit tables).")],
+              reason: Annotated[str, typer.Option(help="Why, e.g. what was fixed.")] = "") -> None:
+    """Lift safe mode for one segment: its rows follow the policy again (the scoring API within LOOP_API_RELOAD_SECONDS)."""
+    runtime = _runtime()
+    from features.clock import iso_week
+    from features.safe_mode import SafeModeError, clear, parse_segment
+
+    if model not in runtime.specs:
+        _fail(f"unknown model '{model}' (known: {', '.join(runtime.specs)})")
+    now = datetime.now(UTC)
+    try:
+        column, value = parse_segment(segment)
+        clear(runtime.store, model, column, value, by, reason, now, week=iso_week(now))
+    except SafeModeError as exc:
+        _fail(str(exc))
+    console.print(f"{model}: {column}={value} cleared by {by}; its rows follow the policy again")
+
+
 @app.command()
 def serve() -> None:
     """Serve the deployments: inbox ingest every 15 min, daily monitoring, weekly retraining (Mon 03:00 Berlin),

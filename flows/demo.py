@@ -14,10 +14,12 @@ from datetime import timedelta
 import polars as pl
 
 from features.clock import iso_week
+from features.safe_mode import active
 from flows.runtime import Runtime
 from flows.self_optimise import self_optimise_flow
 from models.policy import Policy
 from models.registry import CHAMPION, LoadedModel
+from models.safe_decisions import SafeMode
 from simulator import scoreboard
 from simulator.world import MODELS, World, WorldConfig
 
@@ -62,6 +64,19 @@ def _play_the_approver(runtime: Runtime, result: dict, as_of) -> None:
             status["retrain"]["event"] = "promoted"
 
 
+def _week_note(status: dict) -> str:
+    """The retraining's decision, and what the guard and safe mode did, for the demo's line per week."""
+    note = status["retrain"].get("event", "-")
+    drift = status["drift"]
+    guard = drift.get("guard") or {}
+    if guard.get("status") == "rolled_back":
+        note += f" (guard rolled back to v{guard['restored']})"
+    elif guard.get("status") == "uncovered":
+        note += f" (guard: v{guard['version']} fell short, logs cannot vouch for the previous one)"
+    held = (drift.get("patterns") or {}).get("held")
+    return note + (f" [safe mode: {', '.join(held)}]" if held else "")
+
+
 def run_demo(config: DemoConfig, on_week: Callable[[int, dict], None] | None = None) -> pl.DataFrame:
     runtime = Runtime.from_env()
     key = runtime.settings.pseudonym_key
@@ -79,7 +94,7 @@ def run_demo(config: DemoConfig, on_week: Callable[[int, dict], None] | None = N
         for model in MODELS:
             spec = runtime.spec(model)
             population = world.population(model, week)
-            loop_policy = Policy(spec, _champion(runtime, model))
+            loop_policy = Policy(spec, _champion(runtime, model), SafeMode.from_frame(active(runtime.store, model)))
             if week == config.frozen_week:
                 frozen[model] = loop_policy
             frozen_policy = frozen.get(model, loop_policy)
@@ -127,7 +142,7 @@ def run_demo(config: DemoConfig, on_week: Callable[[int, dict], None] | None = N
                     row |= scoreboard.evidence_columns(status["retrain"])
             rows += model_rows
         if on_week:
-            on_week(week, {"week": iso_week(as_of), **{m: result["models"][m]["retrain"].get("event", "-") for m in MODELS}})
+            on_week(week, {"week": iso_week(as_of), **{m: _week_note(result["models"][m]) for m in MODELS}})
     return scoreboard.weekly_table(rows)
 
 

@@ -1,5 +1,6 @@
-"""Monitor one model: drift per weekly window against the champion's training window, the k-of-n
-retraining trigger and the shift the loop caused itself (models/trigger.py does the work)."""
+"""Monitor one model: the guard after promotion (models/guard.py), drift per weekly window against the
+champion's training window, the k-of-n retraining trigger and the shift the loop caused itself
+(models/trigger.py), and the pattern report with safe mode (models/patterns.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from features.windows import drift_windows
 from flows.alerts import emit
 from flows.runtime import Runtime
 from flows.triggers import RETRAINING_TRIGGERED
+from models.guard import run_guard
+from models.patterns import run_patterns
 from models.policy import Policy
 from models.registry import CHAMPION
-from models.report import drift_summary
+from models.report import drift_summary, guard_summary, patterns_summary
 from models.trigger import WEEK, evaluate_trigger
 
 
@@ -78,6 +81,29 @@ def check_drift(model: str, as_of: datetime) -> dict:
             "windows": [w.row() for w in report.windows], "policies": report.policies.to_dicts()}
 
 
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def check_guard(model: str, as_of: datetime) -> dict:
+    runtime = Runtime.from_env()
+    return run_guard(runtime.store, runtime.registry, runtime.spec(model), as_of)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def check_patterns(model: str, as_of: datetime) -> dict:
+    runtime = Runtime.from_env()
+    return run_patterns(runtime.store, runtime.registry, runtime.spec(model), as_of)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def log_to_monitoring_run(run_id: str, guard: dict, patterns: dict, guard_text: str, patterns_text: str) -> None:
+    """The guard's and the pattern report's figures and texts on the monitor's MLflow run."""
+    registry = Runtime.from_env().registry
+    figures = {f"guard_{k}": v for k, v in (guard.get("figures") or {}).items() if isinstance(v, (int, float))}
+    figures["guard_rolled_back"] = float(guard.get("status") == "rolled_back")
+    registry.log_run_metrics(run_id, figures | patterns.get("metrics", {}))
+    registry.client.log_text(run_id, guard_text, "reports/guard.md")
+    registry.client.log_text(run_id, patterns_text, "reports/patterns.md")
+
+
 @flow(name="monitor", flow_run_name=_run_name)
 def monitor_flow(model: str, as_of: datetime | None = None, emit_trigger: bool = True) -> dict:
     """Compare each of the last n weeks with the champion's training window and decide whether to retrain.
@@ -87,15 +113,30 @@ def monitor_flow(model: str, as_of: datetime | None = None, emit_trigger: bool =
     The weekly cycle passes False: it retrains in its own run and must not start a second one.
     """
     as_of = resolve_as_of(as_of)
+    week = iso_week(as_of)
+    # The guard first: after a rollback, drift and patterns compare with the restored champion's window.
+    guard = check_guard(model, as_of)
+    if guard["status"] == "rolled_back":
+        emit("loop.model.rolled_back", model, {"restored": guard["restored"], "by": "guard", "reason": guard["reason"]})
+    elif guard["status"] == "uncovered":
+        emit("loop.guard.fell_short", model, {"version": guard["version"], "reason": guard["reason"]})
     drift = check_drift(model, as_of)
+    patterns = check_patterns(model, as_of)
     if drift["drift_detected"]:
         emit("loop.drift.detected", model, {k: drift.get(k) for k in ("drifted_columns", "score_drifted",
                                                                      "outcome_rate_drifted", "run_id")})
     trigger = drift.get("trigger") or {}
     if trigger.get("triggered") and emit_trigger:
         emit(RETRAINING_TRIGGERED, model, {"reason": trigger["reason"], "as_of": as_of.isoformat(),
-                                            "week": iso_week(as_of), "run_id": drift.get("run_id")})
+                                            "week": week, "run_id": drift.get("run_id")})
     flag = "retraining triggered" if trigger.get("triggered") else ("drift" if drift["drift_detected"] else "no drift")
-    create_markdown_artifact(markdown=drift_summary(model, iso_week(as_of), drift), key=f"{model.replace('_', '-')}-drift",
-                             description=f"{model}: {flag}")
-    return drift
+    key = model.replace("_", "-")
+    create_markdown_artifact(markdown=drift_summary(model, week, drift), key=f"{key}-drift", description=f"{model}: {flag}")
+    guard_text, patterns_text = guard_summary(model, week, guard), patterns_summary(model, week, patterns)
+    create_markdown_artifact(markdown=guard_text, key=f"{key}-guard", description=f"{model}: guard {guard['status']}")
+    held = len(patterns.get("held", []))
+    create_markdown_artifact(markdown=patterns_text, key=f"{key}-patterns",
+                             description=f"{model}: {len(patterns.get('flagged', []))} flagged, {held} in safe mode")
+    if drift.get("run_id"):
+        log_to_monitoring_run(drift["run_id"], guard, patterns, guard_text, patterns_text)
+    return {**drift, "guard": guard, "patterns": patterns}

@@ -57,8 +57,8 @@ def self_optimise_flow(as_of: datetime | None = None, inbox: str | None = None, 
         claimed, found = claim(model, week, as_of)
         if not claimed:  # a second start of the same week (redeploy, backlog): the work is done or under way
             results["models"][model] = {"drift": {}, "retrain": {"status": f"week_already_{found}"}, "retrain_reason": None}
-            rows.append({"model": model, "drift": None, "drifted": "", "retrained": "no", "version": None,
-                         "decision": f"week already {found}"})
+            rows.append({"model": model, "drift": None, "drifted": "", "guard": None, "safe_mode": "", "retrained": "no",
+                         "version": None, "decision": f"week already {found}"})
             continue
         try:
             # This cycle retrains itself when the trigger fires: no event, or the automation would start a second run.
@@ -74,6 +74,8 @@ def self_optimise_flow(as_of: datetime | None = None, inbox: str | None = None, 
                retrain.get("event", retrain["status"]))
         results["models"][model] = {"drift": drift, "retrain": retrain, "retrain_reason": reason}
         rows.append({"model": model, "drift": drift.get("drift_detected"), "drifted": drift.get("drifted_columns", ""),
+                     "guard": (drift.get("guard") or {}).get("status"),
+                     "safe_mode": ", ".join((drift.get("patterns") or {}).get("held", [])),
                      "retrained": reason or "no", "version": retrain.get("version"), "decision": retrain.get("event", retrain["status"])})
     create_markdown_artifact(
         markdown=f"# Self-optimising cycle {week}\n\nIngested: {ingested.as_dict()}\n\n{markdown_table(rows)}",

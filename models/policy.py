@@ -6,7 +6,7 @@ the propensity of that decision (below 1 only where the spec's exploration may f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 
 import numpy as np
@@ -18,6 +18,7 @@ from features.spec import ModelSpec
 from models.decision_aware import outcome_probability
 from models.exploration import explore
 from models.registry import LoadedModel
+from models.safe_decisions import SafeMode, hold
 from models.train import predict_scores
 
 RULE_VERSION = "rule"
@@ -42,6 +43,7 @@ def rule_expression(spec: ModelSpec) -> pl.Expr:
 class Policy:
     spec: ModelSpec
     model: LoadedModel | None = None
+    safe_mode: SafeMode = field(default_factory=SafeMode)    # segments held at the safe decision (models/safe_decisions.py)
 
     @property
     def version(self) -> str:
@@ -90,4 +92,5 @@ class Policy:
             pl.lit(self.threshold).alias("threshold"),
             pl.Series("propensity", explored.propensity, dtype=pl.Float64),
         )
-        return actions.select(list(ACTION_SCHEMA) + list(feature_schema(self.spec)))
+        actions = actions.select(list(ACTION_SCHEMA) + list(feature_schema(self.spec)))
+        return hold(actions, self.spec, self.safe_mode)

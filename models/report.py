@@ -90,3 +90,58 @@ def drift_summary(model: str, week: str, drift: dict[str, Any]) -> str:
             markdown_table(drift["policies"]),
         ]
     return "\n".join(lines)
+
+
+def patterns_summary(model: str, week: str, patterns: dict[str, Any]) -> str:
+    """The weekly pattern report: per segment rate now vs the champion's training window, flags, safe mode."""
+    if patterns.get("status") != "checked":
+        return f"# Patterns `{model}`, {week}\n\n{patterns.get('reason', 'not checked')}"
+    measured = "rows that took the positive decision" if patterns["rate_of"] == "positive_decision" else "all labelled rows"
+    flagged = patterns["flagged"]
+    lines = [
+        f"# Patterns `{model}`, {week}: **{len(flagged)} segment(s) flagged**", "",
+        (f"Positive-outcome rate at equal label age over {measured}, now ({patterns['window'][0][:10]} to "
+         f"{patterns['window'][1][:10]}) against champion v{patterns['champion_version']}'s training window "
+         f"({patterns['reference'][0][:10]} to {patterns['reference'][1][:10]}). Intervals: Wilson (rate) and Newcombe "
+         f"(change), {patterns['level']:.1%} two-sided: each of the {patterns['tests']} tests is one-sided at "
+         f"{patterns['one_sided_alpha']:.4f} (Bonferroni). `reference` = all segments where a segment had too few "
+         f"rows of its own (a new one)."), "",
+        markdown_table(patterns["segments"]),
+    ]
+    if patterns["entered"]:
+        lines += ["", (f"**Now in safe mode:** {', '.join(patterns['entered'])}: these rows take the safe decision "
+                       f"until a person runs `loop clear {model} COLUMN=VALUE --by NAME --reason ...`.")]
+    elif flagged and not patterns["safe_mode"]:
+        lines += ["", "The spec's safe mode is off: flagged segments are reported only."]
+    if patterns["held"]:
+        lines += ["", f"Held in safe mode: {', '.join(patterns['held'])}."]
+    if patterns["recovered"]:
+        lines += ["", f"No longer flagged while held: {', '.join(patterns['recovered'])}: a person may clear them."]
+    return "\n".join(lines)
+
+
+def guard_summary(model: str, week: str, guard: dict[str, Any]) -> str:
+    """The guard after promotion: what it compared, its verdict and whether it rolled back."""
+    status = guard.get("status")
+    headline = {"rolled_back": f"**ROLLED BACK** to version {guard.get('restored')}", "held": "the promotion held up",
+                "uncovered": "fell short, logs cannot vouch for the previous champion", "wait": "waiting for labels",
+                "no_claim": "no claim to check"}.get(status, "not guarding")
+    lines = [f"# Guard after promotion `{model}`, {week}: {headline}", "", guard.get("reason", "")]
+    if "version" in guard and "previous" in guard:
+        lines += ["", (f"Champion v{guard['version']} (promoted {guard['promoted_at'][:16]}) against the previous "
+                       f"champion v{guard['previous']}, on its labelled decisions from {guard['from'][:16]} to "
+                       f"{guard['to'][:16]}; watched until {guard['watched_until'][:10]}.")]
+    claim, figures = guard.get("claim"), guard.get("figures") or {}
+    if claim and "gain" in figures:
+        rows = [{"estimate": "gain (new - previous), at promotion", "eur_per_decision": claim["gain"],
+                 "interval": f"[{claim['low']:+.2f}, {claim['high']:+.2f}]"},
+                {"estimate": "gain (new - previous), since the promotion", "eur_per_decision": figures["gain"],
+                 "interval": f"[{figures['gain_low']:+.2f}, {figures['gain_high']:+.2f}]"},
+                {"estimate": "value of the new champion's policy", "eur_per_decision": figures["new_value"],
+                 "interval": f"[{figures['new_low']:+.2f}, {figures['new_high']:+.2f}]"},
+                {"estimate": "value of the previous champion's policy", "eur_per_decision": figures["previous_value"],
+                 "interval": f"[{figures['previous_low']:+.2f}, {figures['previous_high']:+.2f}]"}]
+        lines += ["", markdown_table(rows), "",
+                  (f"Doubly robust on {figures['rows']} rows, resampling whole {figures['resampled']} blocks; coverage of the "
+                   f"previous champion's decisions {figures['previous_coverage']:.1%}, ESS {figures['previous_ess']:.0f}.")]
+    return "\n".join(lines)

@@ -194,7 +194,8 @@ def create_app(service: ScoringService) -> FastAPI:
     @app.get("/v1/models", tags=["decisions"], dependencies=[Depends(authorised)])
     def models() -> dict:
         return {name: {"model_version": p.version, "threshold": p.threshold,
-                       "decisions": [p.spec.positive_decision, p.spec.negative_decision]}
+                       "decisions": [p.spec.positive_decision, p.spec.negative_decision],
+                       "safe_mode": p.safe_mode.keys}
                 for name, p in service.policies.items()}
 
     for spec in service.specs.values():

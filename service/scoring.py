@@ -4,11 +4,13 @@ Decisions come from each model's champion and its registered threshold (the spec
 rule before a champion exists). Every decision and outcome goes to the write-ahead log before
 the caller hears of it; a flusher moves sealed log segments into the Delta store through the
 same atomic, idempotent ingest that files take. A watcher polls the registry and swaps in a new
-champion when the alias moves, so a promotion needs no restart.
+champion when the alias moves, so a promotion needs no restart; with it, the segments held in safe
+mode (features/safe_mode.py), so a flag or a `loop clear` reaches the decisions within the same period.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import multiprocessing
@@ -30,6 +32,7 @@ from features.settings import Settings
 from features.spec import ModelSpec
 from features.store import EventStore
 from models.policy import Policy
+from models.safe_decisions import SafeMode
 from service.priority import lower_priority
 from service.wal import ACTIONS, OUTCOMES, WriteAheadLog, read_segment
 
@@ -63,6 +66,7 @@ class Health:
     replayed_rows: int = 0
     torn_bytes: int = 0
     versions: dict[str, str] = field(default_factory=dict)
+    safe_mode: dict[str, list[str]] = field(default_factory=dict)
 
 
 def new_action_ids(model: str, decided_at: datetime, count: int) -> pl.Series:
@@ -129,25 +133,33 @@ class ScoringService:
 
     # -- champions -------------------------------------------------------------------------
     def reload_champions(self) -> dict[str, str]:
-        """Load a model's champion when its alias points elsewhere than what is served; returns what changed."""
+        """Load a model's champion when its alias points elsewhere than what is served, and the segments
+        held in safe mode when they changed; returns the versions that changed."""
+        from features.safe_mode import active
         from models.registry import CHAMPION
 
         changed = {}
         try:
             for name, spec in self.specs.items():
                 version = self.registry.version_by_alias(name, CHAMPION)
-                served = self.policies[name].version
+                safe = SafeMode.from_frame(active(self.store, name))
+                current = self.policies[name]
+                served = current.version
                 wanted = str(version.version) if version is not None else Policy(spec).version
                 if wanted != served:
                     model = self.registry.load(name, wanted) if version is not None else None
-                    self.policies = {**self.policies, name: Policy(spec, model)}   # swapped whole: requests see old or new
+                    self.policies = {**self.policies, name: Policy(spec, model, safe)}   # swapped whole: requests see old or new
                     changed[name] = wanted
                     log.warning("serving %s version %s (was %s)", name, wanted, served)
+                elif safe != current.safe_mode:
+                    self.policies = {**self.policies, name: dataclasses.replace(current, safe_mode=safe)}
+                    log.warning("%s segments in safe mode: %s", name, ", ".join(safe.keys) or "none")
             self.health.last_reload_error = None
         except Exception as exc:  # noqa: BLE001 - keep serving the loaded champion; readyz reports the error
             self.health.last_reload_error = f"{type(exc).__name__}: {exc}"
             log.error("could not check the champions: %s", self.health.last_reload_error)
         self.health.versions = {name: p.version for name, p in self.policies.items()}
+        self.health.safe_mode = {name: p.safe_mode.keys for name, p in self.policies.items()}
         return changed
 
     # -- requests ------------------------------------------------------------------------------

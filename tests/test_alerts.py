@@ -85,7 +85,7 @@ def test_loop_events_and_failed_runs_reach_the_webhook(prefect_server, receiver)
     url, messages = receiver
     with temporary_settings(updates={PREFECT_API_URL: prefect_server, PREFECT_LOGGING_TO_API_ENABLED: False}):
         names = ensure_alert_automations(url)
-        assert len(names) == 4
+        assert len(names) == 5
         assert ensure_alert_automations(url) == names          # idempotent: replaced, not duplicated
         time.sleep(2)                                           # the server loads new automations
         emit("loop.drift.detected", "lead_scoring", {"drifted_columns": "source"})

@@ -1,0 +1,161 @@
+"""The pattern report on constructed segments whose counts are set exactly, the interval formulas against
+published figures, and the whole weekly check on the simulator's reply drift (real Delta store, real MLflow
+registry): the returns template that got worse is flagged and held in safe mode, the others are not."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from features.clock import SimulatedClock
+from features.ingest import ingest_paths
+from features.safe_mode import active
+from flows.runtime import Runtime
+from models.patterns import newcombe, pattern_report, run_patterns, wilson
+from models.policy import Policy
+from models.promotion import AuditTrail, PromotionDecision, apply_decision
+from simulator.world import World, WorldConfig
+
+Z95 = 1.959964
+
+
+def test_wilson_and_newcombe_give_the_published_figures():
+    # Newcombe (1998), Statistics in Medicine 17: 81/263 has the Wilson interval 0.2553-0.3662 (single
+    # proportion paper), and 56/70 - 48/80 the hybrid score interval 0.0524-0.3339 (method 10).
+    low, high = wilson(np.array([81]), np.array([263]), Z95)
+    assert (low[0], high[0]) == (pytest.approx(0.2553, abs=5e-5), pytest.approx(0.3662, abs=5e-5))
+    low, high = newcombe(np.array([56]), np.array([70]), np.array([48]), np.array([80]), Z95)
+    assert (low[0], high[0]) == (pytest.approx(0.0524, abs=5e-5), pytest.approx(0.3339, abs=5e-5))
+
+
+def drafts(*groups: tuple[str, str, int, int], decision: str = "human_review") -> pl.DataFrame:
+    """Rows of (intent, template_id, rows, positives): exactly that many accepted drafts per group."""
+    frames = [pl.DataFrame({"intent": [intent] * n, "template_id": [template] * n, "decision": [decision] * n,
+                            "outcome": [True] * positives + [False] * (n - positives)})
+              for intent, template, n, positives in groups]
+    return pl.concat(frames)
+
+
+REFERENCE = drafts(("order_status", "ord_v1", 1000, 950), ("return", "ret_v1", 1000, 950),
+                   ("complaint", "cmp_v1", 1000, 450))
+
+
+def test_a_segment_whose_rate_falls_is_flagged_and_one_that_holds_is_not(specs):
+    spec = specs["reply_acceptance"]       # floor 0.5, max_drop 0.10, min_rows 100, alpha 0.10
+    current = drafts(("order_status", "ord_v1", 400, 376), ("return", "ret_v2", 400, 220))
+    report = pattern_report(REFERENCE, current, spec)
+    by_key = {s.key: s for s in report.segments}
+    assert {s.key for s in report.flagged} == {"intent=return", "template_id=ret_v2"}
+    returns = by_key["intent=return"]
+    assert returns.rate == pytest.approx(0.55) and returns.reference_rate == pytest.approx(0.95)
+    assert returns.change == pytest.approx(-0.40) and returns.reference == "segment"
+    assert returns.change_low < -0.40 < returns.change_high < -0.10
+    assert "fell by 0.400" in returns.reasons[0] and len(returns.reasons) == 1    # 0.55 is above the floor 0.5
+    # A template the reference never saw is measured against the whole reference window: 2350 of 3000.
+    new = by_key["template_id=ret_v2"]
+    assert new.reference == "all segments" and new.reference_rate == pytest.approx(2350 / 3000)
+    for key in ("intent=order_status", "template_id=ord_v1"):          # 0.94 against 0.95: holds
+        assert not by_key[key].flagged and by_key[key].tested
+        assert by_key[key].change_low < by_key[key].change < by_key[key].change_high
+    # Four segments tested against two criteria: each test one-sided at 0.10 / 8.
+    assert report.tests == 8 and report.one_sided_alpha == pytest.approx(0.0125)
+
+
+def test_a_rate_clearly_below_the_floor_is_flagged_without_a_drop(specs):
+    spec = specs["reply_acceptance"]
+    # Complaints were accepted 45 % of the time and now 40 %: a fall of 0.05, within max_drop, but below the floor.
+    report = pattern_report(REFERENCE, drafts(("complaint", "cmp_v1", 400, 160)), spec)
+    complaint = {s.key: s for s in report.segments}["template_id=cmp_v1"]
+    assert complaint.flagged and len(complaint.reasons) == 1 and "below the floor 0.5" in complaint.reasons[0]
+    assert complaint.rate_high < 0.5
+
+
+def test_too_few_rows_are_reported_but_not_tested(specs):
+    spec = specs["reply_acceptance"]
+    report = pattern_report(REFERENCE, drafts(("return", "ret_v1", 60, 0), ("order_status", "ord_v1", 400, 380)), spec)
+    small = {s.key: s for s in report.segments}["intent=return"]
+    assert small.rate == 0.0 and not small.tested and not small.flagged
+    assert small.row()["why"] == "too few rows to test"
+    assert report.tests == 4     # only order_status and ord_v1, two criteria each
+
+
+def test_rate_of_positive_decision_measures_only_the_rows_that_were_acted_on(specs):
+    spec = specs["lead_scoring"]             # conversion per proposed meeting, max_drop 0.03, no floor
+    def leads(source: str, meetings: tuple[int, int], nurtured: tuple[int, int]) -> pl.DataFrame:
+        rows = [(source, "propose_meeting", meetings), (source, "nurture", nurtured)]
+        return pl.concat([pl.DataFrame({"source": [s] * n, "decision": [d] * n, "outcome": [True] * k + [False] * (n - k)})
+                          for s, d, (n, k) in rows])
+    reference = leads("website_form", (1000, 100), (3000, 90))
+    # Meetings now convert 2 % instead of 10 %; nurtured leads are unchanged and many more.
+    report = pattern_report(reference, leads("website_form", (500, 10), (5000, 150)), spec)
+    (segment,) = report.segments
+    assert (segment.rows, segment.positives) == (500, 10) and segment.reference_rows == 1000
+    assert segment.flagged and segment.reference_rate == pytest.approx(0.10)
+    as_all = pattern_report(reference, leads("website_form", (500, 10), (5000, 150)),
+                            dataclasses.replace(spec, patterns=dataclasses.replace(spec.patterns, rate_of="all")))
+    assert as_all.segments[0].rows == 5500     # counted over every labelled row the rate would barely move
+
+
+def test_segments_that_did_not_change_are_flagged_in_at_most_alpha_of_the_reports(specs):
+    # Ten segments at the same true rate before and now: by Bonferroni, a report flags any of them
+    # (falsely) with probability at most alpha = 0.10.
+    spec = specs["reply_acceptance"]
+    rng = np.random.default_rng(0)
+    intents = [f"i{k}" for k in range(10)]
+
+    def sample(n: int) -> pl.DataFrame:
+        return pl.DataFrame({"intent": np.repeat(intents, n), "template_id": "t", "decision": "human_review",
+                             "outcome": rng.random(10 * n) < 0.8})
+
+    flagged = [bool(pattern_report(sample(800), sample(300), spec).flagged) for _ in range(300)]
+    assert np.mean(flagged) <= 0.10 + 0.04      # 0.04: three standard errors of a 300-report estimate
+
+
+# ---- the weekly check on the simulator, with the real store and registry ---------------------------------
+
+MODEL = "reply_acceptance"
+
+
+def _simulated_replies(world: World, spec, weeks: range, key: bytes, folder, until) -> list:
+    files = []
+    for week in weeks:
+        population = world.population(MODEL, week)
+        entities = population.select("entity_ref", pl.col("arrived_at").alias("decided_at"), *spec.feature_names)
+        actions = Policy(spec).decide(entities, key)     # the cold-start rule: every draft reviewed, every draft graded
+        events = world.outcome_events(MODEL, population, actions["decision"], actions["action_id"], actions["decided_at"])
+        actions.write_parquet(folder / f"actions-{week}.parquet")
+        events.filter(pl.col("observed_at") <= until).write_parquet(folder / f"outcomes-{week}.parquet")
+        files += [folder / f"actions-{week}.parquet", folder / f"outcomes-{week}.parquet"]
+    return files
+
+
+def test_the_template_that_got_worse_is_flagged_and_held_in_safe_mode_and_the_others_are_not(loop_home, tmp_path, specs):
+    runtime = Runtime.from_env()
+    spec, key, store, registry = specs[MODEL], runtime.settings.pseudonym_key, runtime.store, runtime.registry
+    world = World(WorldConfig(seed=11, emails_per_week=3000), specs)
+    as_of = world.week_start(10) + timedelta(hours=3)    # the returns template is ret_v2 from week 9 on
+    ingest_paths(_simulated_replies(world, spec, range(5, 10), key, tmp_path, as_of), store, SimulatedClock(as_of), key)
+    # A champion trained up to week 9: its training window (weeks 5-8) is the reference.
+    registry.client.create_registered_model(MODEL)
+    version = registry.client.create_model_version(MODEL, source=(loop_home / "model").as_uri()).version
+    registry.tag_version(MODEL, version, {"as_of": world.week_start(9).isoformat(), "threshold": "0.9"})
+    apply_decision(PromotionDecision("promote", ("first model",)), MODEL, version, registry,
+                   AuditTrail(store, registry, world.week_start(9)), "2026-W10")
+
+    result = run_patterns(store, registry, spec, as_of)
+    assert set(result["flagged"]) == {"intent=return", "template_id=ret_v2"}
+    assert set(result["entered"]) == set(result["held"]) == {"intent=return", "template_id=ret_v2"}
+    held = active(store, MODEL)
+    assert set(held.select("column", "value").rows()) == {("intent", "return"), ("template_id", "ret_v2")}
+    assert held["actor"].to_list() == ["loop", "loop"] and all("fell by" in r for r in held["reason"].to_list())
+    audit = store.scan_audit().filter(pl.col("event") == "safe_mode_entered").collect()
+    assert sorted(audit["reasons"].str.extract(r"^(\S+):").to_list()) == ["intent=return", "template_id=ret_v2"]
+
+    # A week later the same flags hold the same segments: nothing is entered twice.
+    again = run_patterns(store, registry, spec, as_of + timedelta(hours=1))
+    assert again["entered"] == [] and set(again["held"]) == set(result["held"])
+
