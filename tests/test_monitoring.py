@@ -229,3 +229,79 @@ def test_a_drift_report_becomes_the_workspace_snapshot_of_its_time(tmp_path):
     assert values[("ValueDrift", "pages_visited")].value == pytest.approx(result.column_scores["pages_visited"])
     assert values[("ValueDrift", "score")].value == pytest.approx(result.score_distance)
     assert values[("DriftedColumnsCount", None)].share.value > 0
+
+
+@pytest.mark.slow
+def test_loop_ui_serves_the_evidently_dashboards_with_data_beside_prefect_and_mlflow(loop_home, specs, tmp_path):
+    """`loop ui` (what `make ui` runs) on free ports: each panel of the dashboards finds its points over the weeks."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from features.kpis import weekly_kpis
+    from flows.runtime import Runtime
+    from models.dashboard import MonitoringWorkspace, dashboard_model
+    from models.drift import detect_drift
+    from tests.helpers import free_port, wait_until
+    from tests.test_drift import leads
+    from tests.test_kpis import TUE_W02, frames, hours
+
+    spec = specs["reply_acceptance"]
+    week = timedelta(days=7)
+    actions, outcomes = frames([(f"a{i}-{w}", TUE_W02 + w * week, "auto_send" if i % 3 else "human_review")
+                                for w in range(3) for i in range(6)],
+                               [(f"a{i}-{w}", TUE_W02 + w * week + hours(5 + i), "resolved") for w in range(3) for i in range(6)])
+    workspace = MonitoringWorkspace(Runtime.from_env().settings.workspace_dir)
+    written = workspace.add_kpis(spec, weekly_kpis(actions, outcomes, spec, TUE_W02 + 4 * week))
+    assert len(written) == 6                          # 3 weeks x (decisions, outcomes)
+    lead_spec = specs["lead_scoring"]
+    for w in range(2):
+        html = loop_home / "reports" / f"drift-{w}.html"
+        detect_drift(leads(300, 1), leads(300, 2 + w, pages_shift=2.0 * w), lead_spec, html_path=html)
+        workspace.add_drift(lead_spec, html.with_suffix(".json"), TUE_W02 + w * week, f"2026-W0{2 + w}")
+
+    ports = {"prefect": free_port(), "mlflow": free_port(), "evidently": free_port()}
+    env = dict(os.environ, LOOP_HOME=str(loop_home), PREFECT_HOME=str(tmp_path / "prefect"))
+    env.pop("PREFECT_API_URL", None)
+    ui = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--prefect-port", str(ports["prefect"]),
+                           "--mlflow-port", str(ports["mlflow"]), "--evidently-port", str(ports["evidently"])],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def answers(url: str) -> bool:
+        try:
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        evidently = f"http://127.0.0.1:{ports['evidently']}"
+        wait_until(lambda: answers(f"{evidently}/api/projects"), "the Evidently UI", seconds=120)
+        names = {p["name"] for p in httpx.get(f"{evidently}/api/projects", timeout=10).json()}
+        assert names == {"reply_acceptance", "lead_scoring"}
+        for model in (spec, lead_spec):
+            dashboard = dashboard_model(model)
+            has_data = {}
+            for panel in dashboard.panels:
+                filters = [{"tags": v.tags, "metadata": v.metadata, "metric": v.metric, "metric_labels": v.metric_labels}
+                           for v in panel.values]
+                reply = httpx.post(f"{evidently}/api/v2/snapshots/{workspace.project_id(model)}/data_series_batch",
+                                   json={"series_filter": filters}, timeout=30)
+                assert reply.status_code in (200, 201), reply.text
+                has_data[panel.title] = any(v is not None for s in reply.json()["series"] for v in s["values"])
+            tab = {t.title: t for t in dashboard.tabs}["KPIs" if model is spec else "Drift"]
+            titles = {p.id: p.title for p in dashboard.panels}
+            assert all(has_data[titles[p]] for p in tab.panels), has_data
+        wait_until(lambda: answers(f"http://127.0.0.1:{ports['mlflow']}/health"), "the MLflow UI", seconds=120)
+        wait_until(lambda: answers(f"http://127.0.0.1:{ports['prefect']}/api/health"), "the Prefect UI", seconds=120)
+    finally:
+        ui.send_signal(signal.SIGINT)                    # `loop ui` stops the three servers it started
+        try:
+            ui.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
+        time.sleep(1)
+    assert f"Evidently dashboards: http://127.0.0.1:{ports['evidently']}" in ui.stdout.read()
