@@ -117,3 +117,15 @@ def test_new_points_are_the_final_values_not_logged_yet(specs):
     for p in points:
         logged.setdefault(p.key, set()).add(p.step)
     assert new_points(kpis, logged) == []
+
+
+def test_a_spec_can_only_escalate_with_one_of_its_own_decisions():
+    from pathlib import Path
+
+    from features.spec import SpecError, parse_spec
+
+    path = Path(__file__).resolve().parents[1] / "data" / "specs" / "reply_acceptance.toml"
+    text = path.read_text()
+    assert 'escalation_decision = "human_review"' in text
+    with pytest.raises(SpecError, match="escalation_decision must be 'auto_send' or 'human_review'"):
+        parse_spec(text.replace('escalation_decision = "human_review"', 'escalation_decision = "call_back"'), path)
