@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready
 
-.PHONY: setup demo test test-fast test-postgres ui serve clean
+.PHONY: setup demo test test-fast test-postgres ui serve screenshots clean
 
 setup: $(READY)
 
@@ -47,6 +47,13 @@ ui: $(READY)
 
 serve: $(READY)
 	$(BIN)/loop serve
+
+# Opt-in: installs Debian's chromium (needs root and apt) and playwright into .venv (not in requirements.lock),
+# runs the demo if its state is missing, and saves PNGs of the running UIs under docs/screenshots/.
+screenshots: $(READY)
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
+	@$(BIN)/python -c 'import playwright' 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check playwright
+	$(BIN)/python tools/screenshots.py
 
 clean:
 	rm -rf .loop

@@ -30,6 +30,9 @@ DOCUMENTED = {
     "LOOP_API_RELOAD_SECONDS": ("30", "how often the scoring service checks whether the champion alias moved"),
     "LOOP_API_HOST": ("127.0.0.1", "where `loop api` listens (the --host option); beyond loopback needs LOOP_API_TOKEN"),
     "LOOP_API_PORT": ("8000", "the port `loop api` listens on (the --port option)"),
+    "LOOP_EVIDENTLY_WORKSPACE": ("$LOOP_HOME/evidently", "Evidently workspace: drift and weekly KPI snapshots, one project and dashboard per model"),
+    "LOOP_MLFLOW_UI_URL": ("http://127.0.0.1:5000", "MLflow UI address the links in Prefect artifacts point to"),
+    "LOOP_EVIDENTLY_UI_URL": ("http://127.0.0.1:8085", "Evidently UI address the links in Prefect artifacts point to"),
     "MLFLOW_TRACKING_URI": ("sqlite:///$LOOP_HOME/mlflow/mlflow.db", "MLflow tracking + registry backend"),
     "PREFECT_HOME": ("$LOOP_HOME/prefect", "Prefect's home (its SQLite DB when no server is set)"),
     "PREFECT_API_URL": ("unset: ephemeral local API", "a Prefect server, e.g. http://127.0.0.1:4200/api"),
@@ -108,6 +111,9 @@ class Settings:
     pseudonym_key_text: str | None
     retention_months: int = 24
     vacuum_retention_hours: int = 168
+    evidently_workspace: Path | None = None     # None: $LOOP_HOME/evidently
+    mlflow_ui_url: str = "http://127.0.0.1:5000"
+    evidently_ui_url: str = "http://127.0.0.1:8085"
 
     @property
     def pseudonym_key(self) -> bytes:
@@ -120,6 +126,10 @@ class Settings:
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def workspace_dir(self) -> Path:
+        return self.evidently_workspace or self.home / "evidently"
 
     @property
     def demo_dir(self) -> Path:
@@ -139,6 +149,9 @@ class Settings:
             pseudonym_key_text=env.get("LOOP_PSEUDONYM_KEY") or None,
             retention_months=int(env.get("LOOP_RETENTION_MONTHS", "24")),
             vacuum_retention_hours=int(env.get("LOOP_VACUUM_RETENTION_HOURS", "168")),
+            evidently_workspace=Path(env["LOOP_EVIDENTLY_WORKSPACE"]) if env.get("LOOP_EVIDENTLY_WORKSPACE") else None,
+            mlflow_ui_url=env.get("LOOP_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/"),
+            evidently_ui_url=env.get("LOOP_EVIDENTLY_UI_URL", "http://127.0.0.1:8085").rstrip("/"),
         )
 
 

@@ -150,6 +150,15 @@ class Patterns:
 
 
 @dataclass(frozen=True)
+class Kpis:
+    """How the weekly KPIs (features/kpis.py) name this model's figures; the figures are the same for every model."""
+    # Plain words for the positive decision's positive-outcome rate in dashboards and artifacts.
+    outcome_rate_label: str = "positive-outcome rate of the positive decision"
+    # The decision that hands the case to a person (replies: human_review); unset: no escalation KPI.
+    escalation_decision: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     description: str
@@ -168,6 +177,7 @@ class ModelSpec:
     source_text: str
     exploration: Exploration = Exploration()
     patterns: Patterns = Patterns()
+    kpis: Kpis = Kpis()
 
     @property
     def feature_names(self) -> list[str]:
@@ -238,6 +248,10 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
     positive, negative = raw["positive_decision"], raw["negative_decision"]
     if set(exploration.never_to) - {positive, negative}:
         raise SpecError(f"{path}: [exploration] never_to names decisions other than {positive!r} and {negative!r}")
+    kpis = _build(Kpis, raw.get("kpis", {}), path, "kpis")
+    if kpis.escalation_decision not in (None, positive, negative):
+        raise SpecError(f"{path}: [kpis] escalation_decision must be {positive!r} or {negative!r}, "
+                        f"not {kpis.escalation_decision!r}")
     gates = _build(Gates, _section(raw, "gates", path), path, "gates")
     if not (0 < gates.alpha < 1 and gates.testing_horizon_weeks >= 1 and 0 <= gates.min_coverage <= 1
             and gates.bootstrap_resamples >= 100):
@@ -270,6 +284,7 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
         source_text=text,
         exploration=exploration,
         patterns=patterns,
+        kpis=kpis,
     )
 
 

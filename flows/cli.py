@@ -500,20 +500,28 @@ def demo(weeks: Annotated[int, typer.Option(help="Simulated weeks.")] = 16,
 
 
 @app.command()
-def ui(prefect_port: int = 4200, mlflow_port: int = 5000) -> None:
-    """Start the Prefect UI and the MLflow UI on localhost, showing what the loop did (Ctrl-C stops both)."""
+def ui(prefect_port: int = 4200, mlflow_port: int = 5000, evidently_port: int = 8085) -> None:
+    """Start the Prefect, MLflow and Evidently UIs on localhost, showing what the loop did (Ctrl-C stops them)."""
     import os
     import subprocess
 
     settings = prepare_environment()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    settings.workspace_dir.mkdir(parents=True, exist_ok=True)
     procs = [
         subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                           "--port", str(prefect_port), "--analytics-off"], env=env),
         subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", settings.mlflow_tracking_uri,
                           "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"], env=env),
+        # The drift and KPI dashboards (models/dashboard.py); `python -m evidently` has no __main__, the CLI module has.
+        subprocess.Popen([sys.executable, "-m", "evidently.cli", "ui", "--workspace", str(settings.workspace_dir),
+                          "--host", "127.0.0.1", "--port", str(evidently_port)], env=env),
     ]
-    console.print(f"Prefect UI: http://127.0.0.1:{prefect_port}   MLflow UI: http://127.0.0.1:{mlflow_port}   (Ctrl-C to stop)")
+    console.print(f"Prefect UI: http://127.0.0.1:{prefect_port}   MLflow UI: http://127.0.0.1:{mlflow_port}   "
+                  f"Evidently dashboards: http://127.0.0.1:{evidently_port}   (Ctrl-C to stop)")
+    if evidently_port != 8085 or mlflow_port != 5000:
+        console.print("Links in Prefect artifacts use LOOP_MLFLOW_UI_URL / LOOP_EVIDENTLY_UI_URL "
+                      f"({settings.mlflow_ui_url}, {settings.evidently_ui_url}).")
     try:
         for proc in procs:
             proc.wait()

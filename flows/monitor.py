@@ -12,15 +12,17 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from features.clock import iso_week, resolve_as_of
+from features.kpis import KPIS, new_points, weekly_kpis
 from features.windows import drift_windows
 from flows.alerts import emit
 from flows.runtime import Runtime
 from flows.triggers import RETRAINING_TRIGGERED
+from models.dashboard import MonitoringWorkspace, project_url, snapshot_url
 from models.guard import run_guard
 from models.patterns import run_patterns
 from models.policy import Policy
 from models.registry import CHAMPION
-from models.report import drift_summary, guard_summary, patterns_summary
+from models.report import drift_summary, guard_summary, mlflow_run_url, patterns_summary
 from models.trigger import WEEK, evaluate_trigger
 
 
@@ -75,7 +77,11 @@ def check_drift(model: str, as_of: datetime) -> dict:
                                               "drifted_columns": summary["drifted_columns"] or "none",
                                               "trigger": decision.reason[:500]},
                                              [html], run_name=f"monitor-{model}-{week}")
-    return {"status": "checked", **summary, "champion_version": version.version, "run_id": run_id,
+    settings = runtime.settings
+    snapshot = MonitoringWorkspace(settings.workspace_dir).add_drift(spec, html.with_suffix(".json"), as_of, week)
+    links = {"mlflow_url": mlflow_run_url(settings.mlflow_ui_url, runtime.registry.experiment_id(f"{model}/monitoring"), run_id),
+             "report_url": snapshot_url(settings.evidently_ui_url, snapshot.project_id, snapshot.snapshot_id)}
+    return {"status": "checked", **summary, **links, "champion_version": version.version, "run_id": run_id,
             "automation_rate": automation_rate, "report": str(html), "as_of": as_of.isoformat(),
             "trigger": dataclasses.asdict(decision), "kpi": dataclasses.asdict(kpi),
             "windows": [w.row() for w in report.windows], "policies": report.policies.to_dicts()}
@@ -104,6 +110,24 @@ def log_to_monitoring_run(run_id: str, guard: dict, patterns: dict, guard_text: 
     registry.client.log_text(run_id, patterns_text, "reports/patterns.md")
 
 
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def record_kpis(model: str, as_of: datetime, recent_weeks: int = 4) -> dict:
+    """Weekly KPIs that became final since the last run: to the model's MLflow KPI run and Evidently project."""
+    runtime = Runtime.from_env()
+    spec, settings = runtime.spec(model), runtime.settings
+    complete = runtime.store.complete_ingests()
+    kpis = weekly_kpis(runtime.store.scan_actions(model, complete), runtime.store.scan_outcomes(complete), spec, as_of)
+    experiment, run_id = runtime.registry.kpi_run(model)
+    points = new_points(kpis, runtime.registry.logged_steps(run_id, KPIS))
+    runtime.registry.log_points(run_id, points)
+    written = MonitoringWorkspace(settings.workspace_dir).add_kpis(spec, kpis)
+    project = MonitoringWorkspace.project_id(spec)
+    return {"run_id": run_id, "new_points": len(points), "new_snapshots": len(written),
+            "mlflow_url": mlflow_run_url(settings.mlflow_ui_url, experiment, run_id),
+            "dashboard_url": project_url(settings.evidently_ui_url, str(project)),
+            "weeks": kpis.tail(recent_weeks).drop("week_index", "week_end").to_dicts()}
+
+
 @flow(name="monitor", flow_run_name=_run_name)
 def monitor_flow(model: str, as_of: datetime | None = None, emit_trigger: bool = True) -> dict:
     """Compare each of the last n weeks with the champion's training window and decide whether to retrain.
@@ -120,7 +144,7 @@ def monitor_flow(model: str, as_of: datetime | None = None, emit_trigger: bool =
         emit("loop.model.rolled_back", model, {"restored": guard["restored"], "by": "guard", "reason": guard["reason"]})
     elif guard["status"] == "uncovered":
         emit("loop.guard.fell_short", model, {"version": guard["version"], "reason": guard["reason"]})
-    drift = check_drift(model, as_of)
+    drift = {**check_drift(model, as_of), "kpis": record_kpis(model, as_of)}
     patterns = check_patterns(model, as_of)
     if drift["drift_detected"]:
         emit("loop.drift.detected", model, {k: drift.get(k) for k in ("drifted_columns", "score_drifted",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from features.clock import iso_week, resolve_as_of
 from flows.ingest import ingest_inbox_task
@@ -13,7 +14,7 @@ from flows.monitor import monitor_flow
 from flows.retrain import retrain_flow
 from features.weeks import claim_week, finish_week
 from flows.runtime import Runtime
-from models.report import markdown_table
+from models.report import cycle_summary, kpi_rows, mlflow_run_url
 
 
 def _run_name() -> str:
@@ -43,6 +44,14 @@ def last_trained(model: str) -> datetime | None:
     versions = Runtime.from_env().registry.versions(model)
     stamps = [datetime.fromisoformat(v.tags["as_of"]) for v in versions if v.tags.get("as_of")]
     return max(stamps) if stamps else None
+
+
+@task(cache_policy=NO_CACHE)
+def training_links(runs: dict[str, str]) -> dict[str, str]:
+    """MLflow UI links of this cycle's training runs (model -> run id)."""
+    runtime = Runtime.from_env()
+    return {model: mlflow_run_url(runtime.settings.mlflow_ui_url, runtime.registry.experiment_id(f"{model}/training"), run)
+            for model, run in runs.items()}
 
 
 @flow(name="self-optimise", flow_run_name=_run_name)
@@ -77,7 +86,13 @@ def self_optimise_flow(as_of: datetime | None = None, inbox: str | None = None, 
                      "guard": (drift.get("guard") or {}).get("status"),
                      "safe_mode": ", ".join((drift.get("patterns") or {}).get("held", [])),
                      "retrained": reason or "no", "version": retrain.get("version"), "decision": retrain.get("event", retrain["status"])})
-    create_markdown_artifact(
-        markdown=f"# Self-optimising cycle {week}\n\nIngested: {ingested.as_dict()}\n\n{markdown_table(rows)}",
-        key="self-optimise-summary", description=f"weekly cycle {week}")
+    links = training_links({m: r["retrain"]["run_id"] for m, r in results["models"].items() if r["retrain"].get("run_id")})
+    specs = {m: runtime.spec(m) for m in results["models"]}
+    create_markdown_artifact(markdown=cycle_summary(week, results["ingest"], rows, results["models"], specs, links),
+                             key="self-optimise-summary", description=f"weekly cycle {week}")
+    create_table_artifact(table=rows, key="self-optimise-models", description=f"weekly cycle {week}: per model")
+    kpis = [{"model": m, **row} for m, r in results["models"].items()
+            for row in kpi_rows(specs[m], ((r["drift"] or {}).get("kpis") or {}).get("weeks", []))]
+    if kpis:
+        create_table_artifact(table=kpis, key="weekly-kpis", description=f"weekly cycle {week}: KPIs of the last weeks")
     return results

@@ -75,12 +75,14 @@ class DriftResult:
 def detect_drift(reference: pl.DataFrame, current: pl.DataFrame, spec: ModelSpec,
                  html_path: Path | None = None) -> DriftResult:
     """Compare `current` with `reference` (see module docstring). Writes the Evidently HTML report to
-    `html_path` (parent folders created) when given."""
+    `html_path` (parent folders created) when given, and the snapshot as JSON beside it (same name,
+    `.json`), which the Evidently workspace loads (models/dashboard.py)."""
     result, snapshot = _detect(reference, current, spec)
     if html_path is not None:
         html_path = Path(html_path)
         html_path.parent.mkdir(parents=True, exist_ok=True)
         snapshot.save_html(str(html_path))
+        html_path.with_suffix(".json").write_text(snapshot.dumps(), encoding="utf-8")
     return result
 
 

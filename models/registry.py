@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from features.kpis import KpiPoint
 from features.settings import Settings
 from features.spec import ModelSpec
 from models.train import TrainedModel, sklearn_inputs
@@ -161,3 +162,25 @@ class Registry:
             for path in artifacts:
                 self.mlflow.log_artifact(str(path), "reports")
         return run.info.run_id
+
+    # -- KPIs over the weeks -------------------------------------------------------------------
+    def kpi_run(self, model: str) -> tuple[str, str]:
+        """(experiment id, run id) of the model's KPI run, one metric history per KPI; created on first use."""
+        experiment = self.experiment_id(f"{model}/monitoring")
+        found = self.client.search_runs([experiment], filter_string="tags.kind = 'kpis'",
+                                        order_by=["attributes.start_time ASC"], max_results=1)
+        if found:
+            return experiment, found[0].info.run_id
+        run = self.client.create_run(experiment, run_name=f"kpis-{model}", tags={"model": model, "kind": "kpis"})
+        self.client.set_terminated(run.info.run_id)  # a record, not a job: points are added to it week by week
+        return experiment, run.info.run_id
+
+    def logged_steps(self, run_id: str, keys: tuple[str, ...]) -> dict[str, set[int]]:
+        return {key: {m.step for m in self.client.get_metric_history(run_id, key)} for key in keys}
+
+    def log_points(self, run_id: str, points: list[KpiPoint]) -> None:
+        from mlflow.entities import Metric
+
+        metrics = [Metric(p.key, p.value, p.timestamp_ms, p.step) for p in points]
+        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])

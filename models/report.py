@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from features.kpis import KPIS, kpi_labels
+from features.spec import ModelSpec
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return "-" if value is None else str(value)
+
+
+def mlflow_run_url(base: str, experiment_id: str, run_id: str) -> str:
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -71,7 +78,9 @@ def drift_summary(model: str, week: str, drift: dict[str, Any]) -> str:
         f"{_fmt(drift.get('outcome_rate_current'))} ({'beyond' if drift['outcome_rate_drifted'] else 'within'} tolerance); "
         f"self-caused {_fmt(drift.get('outcome_rate_self_caused'))}, outside {_fmt(drift.get('outcome_rate_outside'))}: "
         f"{drift.get('outcome_rate_note', '')}",
-        f"- Evidently report logged to MLflow run `{drift['run_id']}`",
+        f"- Evidently report logged to MLflow run `{drift['run_id']}`"
+        + (f": {_links(('MLflow run', drift.get('mlflow_url')), ('Evidently report', drift.get('report_url')))}"
+           if drift.get("mlflow_url") else ""),
     ]
     trigger = drift.get("trigger")
     if trigger:
@@ -144,4 +153,81 @@ def guard_summary(model: str, week: str, guard: dict[str, Any]) -> str:
         lines += ["", markdown_table(rows), "",
                   (f"Doubly robust on {figures['rows']} rows, resampling whole {figures['resampled']} blocks; coverage of the "
                    f"previous champion's decisions {figures['previous_coverage']:.1%}, ESS {figures['previous_ess']:.0f}.")]
+
+
+def _links(*pairs: tuple[str, str | None]) -> str:
+    return " · ".join(f"[{text}]({url})" for text, url in pairs if url)
+
+
+def kpi_rows(spec: ModelSpec, weeks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The weekly KPIs with the model's own words as headers; figures not final yet show as '-'."""
+    labels = kpi_labels(spec)
+    shown = [k for k in KPIS if k != "escalation_rate" or spec.kpis.escalation_decision]
+    return [{"week": w["week"], **{labels[k]: w.get(k) for k in shown}} for w in weeks]
+
+
+def _drift_line(drift: dict[str, Any]) -> str:
+    if drift.get("status") != "checked":
+        return f"**Drift:** not checked: {drift.get('reason', drift.get('status', 'no result'))}."
+    features = drift.get("drifted_columns") or "none"
+    trigger = drift.get("trigger") or {}
+    text = (f"**Drift: {'DRIFT' if drift['drift_detected'] else 'none'}** in the last 7 days against champion "
+            f"v{drift['champion_version']}'s training window: drifted features {features} "
+            f"({drift['drifted_share']:.0%}); score {'drifted' if drift['score_drifted'] else 'stable'} "
+            f"(distance {drift.get('score_distance', 0):.3f}); outcome rate {_fmt(drift.get('outcome_rate_reference'))} -> "
+            f"{_fmt(drift.get('outcome_rate_current'))}, outside change {_fmt(drift.get('outcome_rate_outside'))}.")
+    if trigger:
+        text += f" Retraining trigger **{'fired' if trigger['triggered'] else 'not fired'}**: {trigger['reason']}."
+    links = _links(("MLflow monitoring run", drift.get("mlflow_url")), ("Evidently report", drift.get("report_url")))
+    return f"{text} {links}".rstrip()
+
+
+def _retrain_lines(model: str, result: dict[str, Any], training_url: str | None) -> list[str]:
+    retrain, reason = result.get("retrain") or {}, result.get("retrain_reason")
+    status = retrain.get("status")
+    if status != "trained":
+        why = retrain.get("reason") or {"not_due": "not due (no trigger, trained within the schedule)"}.get(status, status)
+        return [f"**Retraining{f' ({reason})' if reason else ''}:** no new model: {why}."]
+    lines = [f"**Retraining ({reason}): {retrain['event']}** for version {retrain['version']} "
+             f"(threshold {retrain['threshold']:.3f}). Why: {'; '.join(retrain['reasons'])}. "
+             + _links(("MLflow training run", training_url))]
+    alpha = retrain.get("one_sided_alpha")
+    if retrain.get("differences"):
+        level = f"{1 - 2 * alpha:.0%} " if alpha else ""
+        lines += ["", f"Challenger − champion on the same most recent labelled weeks, paired {level}intervals:", "",
+                  markdown_table(retrain["differences"])]
+    elif retrain.get("comparison"):
+        lines += ["", "Challenger (no champion to compare with; absolute gates):", "", markdown_table(retrain["comparison"])]
+    if retrain.get("policy_values"):
+        lines += ["", "Off-policy value per decision (EUR) with intervals, coverage and effective sample size:", "",
+                  markdown_table(retrain["policy_values"])]
+    if retrain.get("event") == "awaiting_approval":
+        lines += ["", f"Waiting for a person: `loop approve {model} {retrain['version']} --by NAME` or `loop reject ...`."]
+    return lines
+
+
+def cycle_summary(week: str, ingested: dict[str, int], rows: list[dict[str, Any]], models: dict[str, dict[str, Any]],
+                  specs: dict[str, ModelSpec], training_urls: dict[str, str | None]) -> str:
+    """The weekly cycle's report: what came in, and per model drift, the promotion decision and why, and the KPIs."""
+    lines = [f"# Self-optimising cycle {week}", "",
+             (f"**Ingested:** {ingested.get('actions_stored', 0):,} actions and {ingested.get('outcomes_stored', 0):,} "
+              f"outcomes from {ingested.get('files', 0)} file(s) ({ingested.get('rows_read', 0):,} rows read; "
+              f"{ingested.get('duplicates', 0):,} duplicates, {ingested.get('quarantined', 0):,} quarantined, "
+              f"{ingested.get('failed_files', 0)} unreadable file(s))."), "",
+             markdown_table(rows)]
+    for model, result in models.items():
+        spec = specs[model]
+        drift = result.get("drift") or {}
+        lines += ["", f"## `{model}`", ""]
+        if not drift:  # the week was already claimed by another run
+            lines.append(f"Nothing done: {(result.get('retrain') or {}).get('status', 'no result')}.")
+            continue
+        lines += [_drift_line(drift), "", *_retrain_lines(model, result, training_urls.get(model))]
+        kpis = drift.get("kpis") or {}
+        if kpis.get("weeks"):
+            lines += ["", f"**KPIs per week** (decision figures final when the week is over, outcome figures "
+                          f"{spec.outcomes.maturity_days} days later): "
+                          + _links(("KPI history in MLflow", kpis.get("mlflow_url")),
+                                   ("Evidently dashboard", kpis.get("dashboard_url"))), "",
+                      markdown_table(kpi_rows(spec, kpis["weeks"]))]
     return "\n".join(lines)
