@@ -153,6 +153,7 @@ def guard_summary(model: str, week: str, guard: dict[str, Any]) -> str:
         lines += ["", markdown_table(rows), "",
                   (f"Doubly robust on {figures['rows']} rows, resampling whole {figures['resampled']} blocks; coverage of the "
                    f"previous champion's decisions {figures['previous_coverage']:.1%}, ESS {figures['previous_ess']:.0f}.")]
+    return "\n".join(lines)
 
 
 def _links(*pairs: tuple[str, str | None]) -> str:
