@@ -93,7 +93,7 @@ def run_demo(config: DemoConfig, on_week: Callable[[int, dict], None] | None = N
                 scored["frozen"] = scored["loop"]
             else:
                 frozen_scores = frozen_policy.scores(population)
-                scored["frozen"] = (frozen_policy, frozen_policy.decisions(frozen_scores), frozen_scores)
+                scored["frozen"] = (frozen_policy, frozen_policy.decisions(frozen_scores, population), frozen_scores)
             oracle = world.oracle_decisions(model, population)
             truth = world.true_probability(model, population, pl.Series([spec.positive_decision] * population.height))
             week_rows[model] = []

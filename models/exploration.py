@@ -40,8 +40,10 @@ def uniform_draws(action_ids: pl.Series, seed: int) -> np.ndarray:
     return digest.cast(pl.Float64).to_numpy() / 16.0 ** 8
 
 
-def positive_probability(scores: np.ndarray, threshold: float, spec: ModelSpec) -> np.ndarray:
-    """P(policy takes the positive decision | score): 0 or 1 outside the band, 1 - share or share inside."""
+def positive_probability(scores: np.ndarray, threshold: float | np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """P(policy takes the positive decision | score): 0 or 1 outside the band, 1 - share or share inside.
+
+    ``threshold`` is one number or one per row (per-segment thresholds)."""
     exploration: Exploration = spec.exploration
     scores = np.asarray(scores, dtype=float)
     greedy_positive = scores >= threshold
@@ -55,7 +57,7 @@ def positive_probability(scores: np.ndarray, threshold: float, spec: ModelSpec) 
     return probability
 
 
-def explore(scores: np.ndarray, threshold: float, action_ids: pl.Series, spec: ModelSpec) -> Explored:
+def explore(scores: np.ndarray, threshold: float | np.ndarray, action_ids: pl.Series, spec: ModelSpec) -> Explored:
     """The decisions with exploration applied, and the propensity of each."""
     p_positive = positive_probability(scores, threshold, spec)
     greedy_positive = np.asarray(scores, dtype=float) >= threshold

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -15,9 +16,10 @@ from sklearn.preprocessing import OneHotEncoder
 
 from features.build import model_inputs
 from features.spec import ModelSpec
-from features.training_set import NotEnoughData, Split
+from features.training_set import NotEnoughData, Split, graded_rows
 from models.evaluate import classification_metrics
-from models.thresholds import ThresholdChoice, choose_threshold
+from models.segments import SegmentCalibrated, SegmentedChoice, segmented_thresholds
+from models.thresholds import SegmentThresholds, ThresholdChoice
 
 
 def build_pipeline(spec: ModelSpec) -> Pipeline:
@@ -35,12 +37,17 @@ def build_pipeline(spec: ModelSpec) -> Pipeline:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    estimator: CalibratedClassifierCV
-    threshold: ThresholdChoice
+    estimator: Any                   # CalibratedClassifierCV, or SegmentCalibrated around it
+    threshold: ThresholdChoice       # the default threshold (all segments without their own)
     test_metrics: dict[str, float]
     calibration_metrics: dict[str, float]
     test_scores: np.ndarray
-    test_labels: np.ndarray
+    test_labels: np.ndarray          # grades in [0, 1] (0/1 labels for a spec without graded outcomes)
+    segments: SegmentedChoice | None = None
+
+    @property
+    def thresholds(self) -> SegmentThresholds:
+        return self.segments.thresholds if self.segments is not None else SegmentThresholds(self.threshold.threshold)
 
 
 def sklearn_inputs(frame: pl.DataFrame, spec: ModelSpec):
@@ -48,30 +55,64 @@ def sklearn_inputs(frame: pl.DataFrame, spec: ModelSpec):
     return model_inputs(frame, spec).to_pandas()
 
 
+def grades_of(frame: pl.DataFrame) -> np.ndarray:
+    """The graded outcome of each row (the binary label for frames built without grades)."""
+    column = "grade" if "grade" in frame.columns else "label"
+    return frame.get_column(column).cast(pl.Float64).to_numpy()
+
+
 def _weeks(frame: pl.DataFrame) -> float:
     return max(frame.get_column("week").n_unique(), 1) if frame.height else 1.0
 
 
-def fit_model(split: Split, spec: ModelSpec) -> TrainedModel:
-    """Fit on the fit slice, calibrate and choose the threshold on the calibration slice, score the test slice."""
-    for name, part in (("fit", split.fit), ("calibration", split.calibration), ("test", split.test)):
+def check_slices(split: Split, names: tuple[str, ...] = ("fit", "calibration", "test")) -> None:
+    for name in names:
+        part = getattr(split, name)
         if part.is_empty() or part.get_column("label").n_unique() < 2:
             raise NotEnoughData(f"the {name} slice needs both outcomes; it has {part.height} rows")
+
+
+def _with_grades(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame if "grade" in frame.columns else frame.with_columns(pl.col("label").cast(pl.Float64).alias("grade"))
+
+
+def fit_pipeline(frame: pl.DataFrame, spec: ModelSpec) -> Pipeline:
+    """The uncalibrated pipeline fitted on ``frame``; graded rows count as weighted positive and negative rows."""
+    rows, weights = graded_rows(_with_grades(frame))
     pipeline = build_pipeline(spec)
-    pipeline.fit(sklearn_inputs(split.fit, spec), split.fit.get_column("label").to_numpy())
+    fit_params = {} if weights is None else {"classify__sample_weight": weights.to_numpy()}
+    pipeline.fit(sklearn_inputs(rows, spec), rows.get_column("label").to_numpy(), **fit_params)
+    return pipeline
+
+
+def calibrate(pipeline: Pipeline, split: Split, spec: ModelSpec) -> TrainedModel:
+    """Calibrate a fitted pipeline on the calibration slice, recalibrate per segment, choose the thresholds there,
+    and score the test slice. Used by a full training and by a cheap recalibration of a champion's pipeline."""
+    rows, weights = graded_rows(_with_grades(split.calibration))
     # Isotonic needs plenty of positives; with few of them a sigmoid is the safer fit.
-    positives = int(split.calibration.get_column("label").sum())
-    method = spec.training.calibration if positives >= 1000 or spec.training.calibration == "sigmoid" else "sigmoid"
+    positives = float(rows.get_column("label").sum()) if weights is None else float((weights * rows.get_column("label")).sum())
+    wanted = spec.training.calibration
+    method = wanted if wanted == "sigmoid" or positives >= spec.training.isotonic_min_positives else "sigmoid"
     calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
-    cal_labels = split.calibration.get_column("label").to_numpy()
-    calibrated.fit(sklearn_inputs(split.calibration, spec), cal_labels)
-    cal_scores = calibrated.predict_proba(sklearn_inputs(split.calibration, spec))[:, 1]
-    threshold = choose_threshold(cal_scores, cal_labels, spec.objective, _weeks(split.calibration))
-    test_scores = calibrated.predict_proba(sklearn_inputs(split.test, spec))[:, 1]
-    test_labels = split.test.get_column("label").to_numpy()
-    return TrainedModel(calibrated, threshold, classification_metrics(test_labels, test_scores),
-                        {**classification_metrics(cal_labels, cal_scores), "method_isotonic": float(method == "isotonic")},
-                        test_scores, test_labels)
+    fit_params = {} if weights is None else {"sample_weight": weights.to_numpy()}
+    calibrated.fit(sklearn_inputs(rows, spec), rows.get_column("label").to_numpy(), **fit_params)
+    cal_grades = grades_of(split.calibration)
+    global_scores = calibrated.predict_proba(sklearn_inputs(split.calibration, spec))[:, 1]
+    cal_scores, choice = segmented_thresholds(global_scores, cal_grades, split.calibration, spec, _weeks(split.calibration))
+    estimator = calibrated
+    if choice.calibration is not None and choice.calibration.coefficients:
+        estimator = SegmentCalibrated(calibrated, choice.calibration)
+    test_scores = estimator.predict_proba(sklearn_inputs(split.test, spec))[:, 1]
+    test_grades = grades_of(split.test)
+    return TrainedModel(estimator, choice.default, classification_metrics(test_grades, test_scores),
+                        {**classification_metrics(cal_grades, cal_scores), "method_isotonic": float(method == "isotonic")},
+                        test_scores, test_grades, choice)
+
+
+def fit_model(split: Split, spec: ModelSpec) -> TrainedModel:
+    """Fit on the fit slice, calibrate and choose the thresholds on the calibration slice, score the test slice."""
+    check_slices(split)
+    return calibrate(fit_pipeline(split.fit, spec), split, spec)
 
 
 def predict_scores(estimator, frame: pl.DataFrame, spec: ModelSpec) -> np.ndarray:
