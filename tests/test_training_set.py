@@ -66,7 +66,10 @@ def test_time_split_tests_on_the_most_recent_weeks_and_fits_on_the_oldest(specs)
 
 def test_graded_outcomes_map_to_grades_as_the_spec_says(specs):
     spec = specs["reply_acceptance"]         # maturity 3 days; edited = "share_kept", default 0.5
-    days = lambda n: AS_OF - timedelta(days=n)  # noqa: E731
+
+    def days(n: int) -> datetime:
+        return AS_OF - timedelta(days=n)
+
     names = ["accepted", "edited_kept", "edited_unknown", "rejected", "resolved", "complained", "recontacted",
              "audit_pass", "silent_old", "silent_young", "edited_then_audited"]
     actions = _actions([(n, days(5 if n != "silent_young" else 1)) for n in names])
