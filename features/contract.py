@@ -31,6 +31,8 @@ OUTCOME_SCHEMA: dict[str, pl.DataType] = {
     "observed_at": UTC_TIME,
     "outcome": pl.String(),
     "revenue": pl.Float64(),
+    # Optional: the share of a reviewed draft the person kept when editing it, in [0, 1] (null: not given).
+    "share_kept": pl.Float64(),
 }
 
 # Provenance added by the store to every row it keeps.

@@ -34,12 +34,24 @@ class Condition:
     at_least: float | None = None
 
 
+SHARE_KEPT = "share_kept"
+
+
 @dataclass(frozen=True)
 class Outcomes:
     values: tuple[str, ...]
     positive: tuple[str, ...]
     terminal: tuple[str, ...]
     maturity_days: int
+    # Graded outcomes ([outcomes.grades]): outcome -> a fixed grade in [0, 1], or "share_kept" (the share of
+    # the draft the person kept, from the outcome row). Empty: grade = the binary label (positive = 1).
+    grades: tuple[tuple[str, float | str], ...] = ()
+    # Grade of a "share_kept" outcome whose row does not say how much was kept.
+    share_kept_default: float = 0.5
+
+    @property
+    def graded(self) -> bool:
+        return bool(self.grades)
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,10 @@ class Objective:
     action_effect: float = 1.0
     weekly_capacity: int = 0
     target_acceptance: float = 0.95
+    # The target must hold for the lower confidence bound (Wilson, one-sided at this level) of the graded
+    # acceptance above the threshold, not for the point estimate on the rows the threshold was chosen on.
+    # 0 = point estimate.
+    acceptance_confidence: float = 0.0
     value_per_action: float = 0.0
     cost_per_failure: float = 0.0
     min_auto_sent: int = 50
@@ -86,6 +102,29 @@ class TrainingConfig:
     # One model per decision, and decisions by comparing their expected value (models/decision_aware.py).
     # Needed wherever the decision changes the outcome (a meeting changes whether a lead converts).
     decision_aware: bool = False
+    # Isotonic calibration needs plenty of positives; below this many in the calibration slice a sigmoid is fitted.
+    isotonic_min_positives: int = 1000
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Per-segment calibration and thresholds (models/segments.py); no ``column``: one global calibration."""
+    column: str = ""
+    # Segments with fewer labelled calibration rows than this use the global calibration and threshold.
+    min_rows: int = 300
+    # Partial pooling: a segment's recalibration is shrunk towards the global one with weight n / (n + prior_rows).
+    prior_rows: float = 300.0
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    """Cheap recalibration between retrainings (models/recalibrate.py)."""
+    enabled: bool = True
+    # The champion's ranking still counts as good while its ROC AUC on recent mature outcomes is at most this
+    # much below its training (test) AUC; beyond it only a retraining helps.
+    auc_tolerance: float = 0.03
+    # Recent mature rows the check needs before it says anything.
+    min_rows: int = 1000
 
 
 @dataclass(frozen=True)
@@ -178,6 +217,8 @@ class ModelSpec:
     exploration: Exploration = Exploration()
     patterns: Patterns = Patterns()
     kpis: Kpis = Kpis()
+    segments: Segments = Segments()
+    recalibration: Recalibration = Recalibration()
 
     @property
     def feature_names(self) -> list[str]:
@@ -222,10 +263,13 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
         raise SpecError(f"{path}: no [[features]]")
     outcomes = _section(raw, "outcomes", path)
     out = Outcomes(tuple(outcomes["values"]), tuple(outcomes["positive"]),
-                   tuple(outcomes.get("terminal", outcomes["values"])), int(outcomes["maturity_days"]))
+                   tuple(outcomes.get("terminal", outcomes["values"])), int(outcomes["maturity_days"]),
+                   _grades(outcomes, path), float(outcomes.get("share_kept_default", 0.5)))
     unknown = set(out.positive) - set(out.values)
     if unknown:
         raise SpecError(f"{path}: [outcomes] positive names values not in 'values': {sorted(unknown)}")
+    if not 0 <= out.share_kept_default <= 1:
+        raise SpecError(f"{path}: [outcomes] share_kept_default must be in [0, 1], not {out.share_kept_default}")
     conditions = tuple(
         Condition(c["column"], tuple(c.get("in", ())), c.get("equals"), c.get("at_least"))
         for c in _section(raw, "cold_start", path).get("any", [])
@@ -252,6 +296,15 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
     if kpis.escalation_decision not in (None, positive, negative):
         raise SpecError(f"{path}: [kpis] escalation_decision must be {positive!r} or {negative!r}, "
                         f"not {kpis.escalation_decision!r}")
+    segments = _build(Segments, raw.get("segments", {}), path, "segments")
+    if segments.column and segments.column not in {f.name for f in features if f.type == "categorical"}:
+        raise SpecError(f"{path}: [segments] column '{segments.column}' is not a categorical feature")
+    if segments.min_rows < 1 or segments.prior_rows < 0:
+        raise SpecError(f"{path}: [segments] needs min_rows >= 1 and prior_rows >= 0")
+    recalibration = _build(Recalibration, raw.get("recalibration", {}), path, "recalibration")
+    objective = _build(Objective, _section(raw, "objective", path), path, "objective")
+    if not 0 <= objective.acceptance_confidence < 1:
+        raise SpecError(f"{path}: [objective] acceptance_confidence must be in [0, 1), not {objective.acceptance_confidence}")
     gates = _build(Gates, _section(raw, "gates", path), path, "gates")
     if not (0 < gates.alpha < 1 and gates.testing_horizon_weeks >= 1 and 0 <= gates.min_coverage <= 1
             and gates.bootstrap_resamples >= 100):
@@ -275,7 +328,7 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
         unknown_categories=policy,
         features=tuple(features),
         outcomes=out,
-        objective=_build(Objective, _section(raw, "objective", path), path, "objective"),
+        objective=objective,
         drift=drift,
         cold_start=conditions,
         training=_build(TrainingConfig, _section(raw, "training", path), path, "training"),
@@ -285,6 +338,8 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
         exploration=exploration,
         patterns=patterns,
         kpis=kpis,
+        segments=segments,
+        recalibration=recalibration,
     )
 
 
@@ -303,6 +358,38 @@ def _patterns(raw: dict, features: list[Feature], path: Path) -> Patterns:
     if not (0 < patterns.alpha < 1 and 0 <= patterns.explore_share < 0.5 and patterns.min_rows >= 1):
         raise SpecError(f"{path}: [patterns] needs 0 < alpha < 1, 0 <= explore_share < 0.5 and min_rows >= 1")
     return patterns
+
+
+def _grades(outcomes: dict, path: Path) -> tuple[tuple[str, float | str], ...]:
+    """[outcomes.grades] checked: every terminal outcome graded, fixed grades in [0, 1] and on the side of the
+    binary label (positive outcomes >= 0.5, others < 0.5), or "share_kept" for a non-positive outcome."""
+    raw = outcomes.get("grades")
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: [outcomes.grades] must be a table of outcome = grade")
+    values, positive = set(outcomes["values"]), set(outcomes["positive"])
+    grades: list[tuple[str, float | str]] = []
+    for outcome, grade in raw.items():
+        if outcome not in values:
+            raise SpecError(f"{path}: [outcomes.grades] grades '{outcome}', which is not one of the outcome values")
+        if grade == SHARE_KEPT:
+            if outcome in positive:
+                raise SpecError(f"{path}: [outcomes.grades] '{outcome}' is positive; only a non-positive outcome "
+                                f"may be graded by {SHARE_KEPT}")
+            grades.append((outcome, SHARE_KEPT))
+            continue
+        if isinstance(grade, bool) or not isinstance(grade, (int, float)) or not 0 <= grade <= 1:
+            raise SpecError(f"{path}: [outcomes.grades] {outcome} = {grade!r}: a grade is a number in [0, 1] or "
+                            f"\"{SHARE_KEPT}\"")
+        if (outcome in positive) != (grade >= 0.5):
+            raise SpecError(f"{path}: [outcomes.grades] {outcome} = {grade} contradicts the binary label "
+                            f"({'positive' if outcome in positive else 'not positive'})")
+        grades.append((outcome, float(grade)))
+    missing = set(outcomes.get("terminal", outcomes["values"])) - {o for o, _ in grades}
+    if missing:
+        raise SpecError(f"{path}: [outcomes.grades] misses terminal outcomes {sorted(missing)}")
+    return tuple(grades)
 
 
 def load_spec(path: Path) -> ModelSpec:

@@ -263,7 +263,11 @@ class EventStore:
     def _scan(self, uri: str, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
         if not self._exists(uri):
             return empty_frame(schema).lazy()
-        return pl.scan_delta(uri)
+        rows = pl.scan_delta(uri)
+        # A table written before a column joined the contract (e.g. outcomes' share_kept) reads it as null.
+        stored = rows.collect_schema()
+        missing = [pl.lit(None, dtype).alias(name) for name, dtype in schema.items() if name not in stored]
+        return rows.with_columns(missing) if missing else rows
 
     def complete_ingests(self) -> pl.LazyFrame:
         """Ids of ingests the ledger marks complete, read once (collected), so a reader's view is one snapshot."""

@@ -22,15 +22,37 @@ def _utc(when: datetime) -> pl.Expr:
 
 def latest_outcomes(outcomes: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
     """The outcome that counts per action: the latest observed up to ``as_of`` (history stays in the store)."""
+    if "share_kept" not in outcomes.collect_schema():   # frames from before graded outcomes
+        outcomes = outcomes.with_columns(pl.lit(None, pl.Float64).alias("share_kept"))
     return (outcomes.filter(pl.col("observed_at") <= _utc(as_of))
             .sort("observed_at")
             .group_by("action_id")
             .agg(pl.col("outcome").last(), pl.col("observed_at").last().alias("outcome_at"),
-                 pl.col("revenue").last()))
+                 pl.col("revenue").last(), pl.col("share_kept").last()))
+
+
+def grade_expr(spec: ModelSpec) -> pl.Expr:
+    """The graded outcome in [0, 1] from `outcome`, `share_kept` and `label` (null while the label is).
+
+    Without ``[outcomes.grades]`` the grade is the binary label. With it, a fixed grade per outcome, or the
+    share of the draft kept (``share_kept_default`` when the row does not say); a label that matured without a
+    terminal outcome keeps its 0.
+    """
+    label = pl.col("label").cast(pl.Float64)
+    if not spec.outcomes.graded:
+        return label.alias("grade")
+    fixed = {o: g for o, g in spec.outcomes.grades if not isinstance(g, str)}
+    by_share = [o for o, g in spec.outcomes.grades if isinstance(g, str)]
+    outcome = pl.col("outcome")
+    return (pl.when(label.is_null()).then(None)
+            .when(outcome.is_in(by_share)).then(pl.col("share_kept").fill_null(spec.outcomes.share_kept_default).clip(0, 1))
+            .when(outcome.is_in(list(fixed))).then(outcome.replace_strict(fixed, default=None, return_dtype=pl.Float64))
+            .otherwise(label).alias("grade"))
 
 
 def with_labels(actions: pl.LazyFrame, outcomes: pl.LazyFrame, spec: ModelSpec, as_of: datetime) -> pl.LazyFrame:
-    """Actions decided up to ``as_of`` with `label` (1/0, null while immature), `week` and the latest outcome."""
+    """Actions decided up to ``as_of`` with `label` (1/0, null while immature), `grade` (in [0, 1], see
+    ``grade_expr``), `week` and the latest outcome."""
     maturity = timedelta(days=spec.outcomes.maturity_days)
     latest = latest_outcomes(outcomes, as_of)
     outcome = pl.col("outcome")
@@ -40,7 +62,25 @@ def with_labels(actions: pl.LazyFrame, outcomes: pl.LazyFrame, spec: ModelSpec, 
              .otherwise(None).cast(pl.Int8))
     return (actions.filter(pl.col("decided_at") <= _utc(as_of))
             .join(latest, on="action_id", how="left")
-            .with_columns(label.alias("label"), iso_week_expr("decided_at").alias("week")))
+            .with_columns(label.alias("label"), iso_week_expr("decided_at").alias("week"))
+            .with_columns(grade_expr(spec)))
+
+
+def graded_rows(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series | None]:
+    """Rows to fit on, with binary `label`, and their sample weights (None: every grade is 0 or 1).
+
+    A fractional grade g becomes two rows, label 1 with weight g and label 0 with weight 1 - g: the weighted
+    log loss of the pair is the cross-entropy against g, so a calibrated model estimates the expected grade,
+    the same quantity the threshold objective averages. (Rounding g to a label would throw away how close a
+    draft came; one row with weight g would tell the model nothing about the failing part.)
+    """
+    grade = pl.col("grade")
+    if frame.filter((grade > 0) & (grade < 1)).is_empty():
+        return frame, None
+    expanded = pl.concat([frame.filter(grade > 0).with_columns(pl.lit(1, pl.Int8).alias("label"), grade.alias("__weight")),
+                          frame.filter(grade < 1).with_columns(pl.lit(0, pl.Int8).alias("label"),
+                                                               (1 - grade).alias("__weight"))])
+    return expanded.drop("__weight"), expanded.get_column("__weight")
 
 
 def iso_week_expr(column: str) -> pl.Expr:

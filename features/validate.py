@@ -109,7 +109,7 @@ def _roles(specs: dict[str, ModelSpec]) -> dict[str, set[str]]:
         roles.setdefault(name, set()).add("string")
     for name in ("decided_at", "observed_at"):
         roles.setdefault(name, set()).add("time")
-    for name in ("score", "threshold", "propensity", "revenue"):
+    for name in ("score", "threshold", "propensity", "revenue", "share_kept"):
         roles.setdefault(name, set()).add("number")
     kinds = {"numeric": "number", "boolean": "bool", "categorical": "string"}
     for spec in specs.values():
@@ -220,6 +220,9 @@ def _probability_checks(v: _Columns, name: str, required: bool = True) -> list[C
     return [(blank, pl.lit(f"{name} is empty")), *checks] if required else checks
 
 
+# Outcome columns of a paired row: they may differ between repeats of one action (several outcomes).
+OUTCOME_COLUMNS = tuple(c for c in OUTCOME_SCHEMA if c != "action_id")
+
 # Decisions logged before exploration existed, or backfilled from history, come from a policy whose
 # probabilities nobody knows: an empty propensity says so (stored as null), and off-policy estimates
 # leave such rows out instead of pretending they were certain.
@@ -274,7 +277,7 @@ def _outcome_checks(v: _Columns, specs: dict[str, ModelSpec], now: datetime, pai
         (~v.blank("revenue") & revenue.is_null(), pl.format("revenue '{}' is not a number", pl.col("revenue"))),
         (revenue < 0, pl.format("revenue {} is negative", pl.col("revenue"))),
     ]
-    return checks
+    return checks + _probability_checks(v, "share_kept", required=False)
 
 
 def _typed_actions(v: _Columns, spec: ModelSpec) -> list[pl.Expr]:
@@ -307,7 +310,7 @@ def validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datetime, 
         raise FileRejected("neither action columns (decided_at, ...) nor outcome columns (observed_at, outcome) found; "
                            f"columns were: {', '.join(df.columns) or 'none'}")
     typed = _typed_columns(df, _roles(specs))
-    wanted = (set(ACTION_SCHEMA) | {"revenue", "outcome", "observed_at"}) if is_actions else (set(OUTCOME_SCHEMA) | {"model"})
+    wanted = (set(ACTION_SCHEMA) | set(OUTCOME_SCHEMA)) if is_actions else (set(OUTCOME_SCHEMA) | {"model"})
     missing_required = [c for c in (ACTION_SCHEMA if is_actions else ["action_id", "observed_at", "outcome"])
                         if c not in columns and c not in OPTIONAL_ACTION_COLUMNS]
     work = df.select([pl.col(n) if n in typed else _text_expr(n, d) for n, d in df.schema.items()]).with_columns(
@@ -336,6 +339,7 @@ def validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datetime, 
     outcome_exprs = [
         pl.col("action_id").str.strip_chars(), v.time("observed_at").alias("observed_at"),
         pl.col("outcome").str.strip_chars(), v.number("revenue").alias("revenue"),
+        v.number("share_kept").alias("share_kept"),
         pl.when(pl.col("model").is_in(list(specs))).then(pl.col("model")).alias("model"),
     ]
     has_outcome = ~v.blank("outcome") if has_outcomes else pl.lit(False)
@@ -399,7 +403,7 @@ def _in_file_conflicts(work: pl.DataFrame, good: pl.Series, typed: set[str]) -> 
     rows = work.select(pl.all().gather(repeated)).rechunk()
     content = []
     for c in rows.columns:
-        if c.startswith("__") or c in ("outcome", "observed_at", "revenue"):
+        if c.startswith("__") or c in OUTCOME_COLUMNS:
             continue
         content.append(pl.col(c))
         if c in typed and rows.schema[c] == pl.Float64:

@@ -109,7 +109,7 @@ def run_demo(config: DemoConfig, on_week: Callable[[int, dict], None] | None = N
             if frozen_policy is loop_policy:
                 scored["frozen"] = scored["loop"]
             else:
-                frozen_decisions = frozen_policy.decisions(frozen_policy.scores(population))
+                frozen_decisions = frozen_policy.decisions(frozen_policy.scores(population), population)
                 scored["frozen"] = (frozen_policy, frozen_decisions,
                                     frozen_policy.outcome_probabilities(population, frozen_decisions))
             oracle = world.oracle_decisions(model, population)

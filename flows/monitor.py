@@ -21,7 +21,7 @@ from models.dashboard import MonitoringWorkspace, project_url, snapshot_url
 from models.guard import run_guard
 from models.patterns import run_patterns
 from models.policy import Policy
-from models.registry import CHAMPION
+from models.registry import CHAMPION, training_as_of
 from models.report import drift_summary, guard_summary, mlflow_run_url, patterns_summary
 from models.trigger import WEEK, evaluate_trigger
 
@@ -36,7 +36,7 @@ def _run_name() -> str:
 
 def _last_trained(runtime: Runtime, model: str) -> datetime | None:
     """When the newest registered version (champion or not) was trained: a retraining, promoted or not, answers a trigger."""
-    stamps = [datetime.fromisoformat(v.tags["as_of"]) for v in runtime.registry.versions(model) if v.tags.get("as_of")]
+    stamps = [s for s in map(training_as_of, runtime.registry.versions(model)) if s is not None]
     return max(stamps) if stamps else None
 
 
@@ -48,7 +48,7 @@ def check_drift(model: str, as_of: datetime) -> dict:
     version = runtime.registry.version_by_alias(model, CHAMPION)
     if version is None:
         return {"status": "no_champion", "reason": "no champion yet: nothing to compare against", "drift_detected": False}
-    reference_end = datetime.fromisoformat(version.tags["as_of"])
+    reference_end = training_as_of(version)
     n = spec.drift.trigger_n
     reference, recent = drift_windows(runtime.store, spec, as_of, reference_end, current_days=n * WEEK.days)
     latest_rows = recent.filter(recent.get_column("decided_at") >= as_of - WEEK).height if recent.height else 0

@@ -52,7 +52,8 @@ def fit(model: str, labelled) -> tuple[Split, TrainedModel] | str:
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-def log_and_register(model: str, split: Split, trained: TrainedModel, lineage: dict, week: str) -> tuple[str, str]:
+def log_and_register(model: str, split: Split, trained: TrainedModel, lineage: dict, week: str,
+                     tags: dict[str, str] | None = None) -> tuple[str, str]:
     runtime = Runtime.from_env()
     spec = runtime.spec(model)
     lineage = {**lineage, **split.sizes()}
@@ -64,8 +65,9 @@ def log_and_register(model: str, split: Split, trained: TrainedModel, lineage: d
             "threshold": threshold_plot(trained.threshold.curve, trained.threshold.threshold,
                                         f"{model}: objective by threshold", folder / "threshold_curve.png"),
         }
+        kind = (tags or {}).get("kind", "train")
         run_id, version = runtime.registry.log_training(spec, trained, lineage=lineage, input_example=split.test.head(5),
-                                                        week=week, plots=plots, run_name=f"train-{model}-{week}")
+                                                        week=week, plots=plots, run_name=f"{kind}-{model}-{week}", tags=tags)
     runtime.registry.attach_model_card(model, version, run_id, model_card(spec, trained, split.test, lineage, version))
     return run_id, version
 
@@ -113,7 +115,13 @@ def retrain_flow(model: str, as_of: datetime | None = None) -> dict:
         create_markdown_artifact(markdown=retrain_summary(model, week, outcome), key=f"{model.replace('_', '-')}-retrain")
         return outcome
     split, trained = fitted
-    run_id, version = log_and_register(model, split, trained, lineage, week)
+    return register_and_promote(model, split, trained, lineage, week, as_of)
+
+
+def register_and_promote(model: str, split: Split, trained: TrainedModel, lineage: dict, week: str, as_of: datetime,
+                         tags: dict[str, str] | None = None) -> dict:
+    """Register a challenger, compare it with the champion and apply the gates (inside a flow: retrain, recalibrate)."""
+    run_id, version = log_and_register(model, split, trained, lineage, week, tags)
     comparison = compare(model, split, trained, version, as_of)
     log_evidence(comparison, run_id)
     event = decide(model, comparison, version, week, as_of)
@@ -127,6 +135,8 @@ def retrain_flow(model: str, as_of: datetime | None = None) -> dict:
         "status": "trained", "model": model, "week": week, "version": version, "run_id": run_id, "event": event,
         "reasons": list(comparison.decision.reasons), "threshold": trained.threshold.threshold,
         "threshold_reason": trained.threshold.reason, "rows": lineage["rows"], "as_of": lineage["as_of"],
+        "segment_thresholds": trained.segments.table() if trained.segments and trained.segments.calibration else [],
+        "lineage_tags": tags or {},
         "spec_hash": lineage["spec_hash"], "split": split.sizes(), "comparison": comparison_table(comparison),
         "flip_share": comparison.flip_share,
         "differences": comparison.evidence.table() if comparison.evidence else [],

@@ -11,9 +11,11 @@ from prefect.cache_policies import NO_CACHE
 from features.clock import iso_week, resolve_as_of
 from flows.ingest import ingest_inbox_task
 from flows.monitor import monitor_flow
+from flows.recalibrate import recalibrate_flow
 from flows.retrain import retrain_flow
 from features.weeks import claim_week, finish_week
 from flows.runtime import Runtime
+from models.registry import training_as_of
 from models.report import cycle_summary, kpi_rows, mlflow_run_url
 
 
@@ -41,8 +43,7 @@ def finish(model: str, week: str, status: str, as_of: datetime, detail: str = ""
 
 @task
 def last_trained(model: str) -> datetime | None:
-    versions = Runtime.from_env().registry.versions(model)
-    stamps = [datetime.fromisoformat(v.tags["as_of"]) for v in versions if v.tags.get("as_of")]
+    stamps = [s for s in map(training_as_of, Runtime.from_env().registry.versions(model)) if s is not None]
     return max(stamps) if stamps else None
 
 
@@ -75,7 +76,13 @@ def self_optimise_flow(as_of: datetime | None = None, inbox: str | None = None, 
             due = retraining_due(last_trained(model), as_of, runtime.spec(model).training.retrain_every_weeks)
             triggered = (drift.get("trigger") or {}).get("triggered", False)
             reason = "trigger" if triggered else ("schedule" if due else None)
-            retrain = retrain_flow(model, as_of) if reason else {"status": "not_due"}
+            if reason:
+                retrain = retrain_flow(model, as_of)
+            else:
+                # Between retrainings a champion whose scores drifted off while it still ranks well is recalibrated.
+                retrain = recalibrate_flow(model, as_of)
+                reason = "recalibration" if retrain["status"] == "recalibrated" else None
+                retrain = retrain if reason else {"status": "not_due", "recalibration": retrain.get("reason")}
         except Exception as exc:
             finish(model, week, "failed", as_of, f"{type(exc).__name__}: {exc}")
             raise

@@ -18,7 +18,7 @@ from models.ope import Difference, OPEResult, estimate, logged_rows, value_diffe
 from models.policy import Policy
 from models.promotion import PromotionDecision, decide_promotion, flip_share
 from models.registry import LoadedModel
-from models.train import TrainedModel
+from models.train import TrainedModel, grades_of
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,9 @@ class Comparison:
 METHODS = ("dr", "snips")
 
 
-def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.ndarray, challenger_threshold: float,
-                    champion_scores: np.ndarray | None, champion_threshold: float | None,
+def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.ndarray,
+                    challenger_threshold: float | np.ndarray, champion_scores: np.ndarray | None,
+                    champion_threshold: float | np.ndarray | None,
                     challenger_probabilities: np.ndarray | None = None,
                     champion_probabilities: np.ndarray | None = None) -> Evidence:
     """Off-policy values of both policies and the paired differences, on the test slice (new to both models).
@@ -64,7 +65,7 @@ def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.n
         return Evidence(alpha, challenger_value)
     p_champion = positive_probability(champion_scores, champion_threshold, spec)
     champion_value = {m: estimate(logged, p_champion, m, **settings) for m in METHODS}
-    labels = test.get_column("label").to_numpy()
+    labels = grades_of(test)
     differences = paired_metric_differences(
         labels, challenger_scores if challenger_probabilities is None else challenger_probabilities,
         champion_scores if champion_probabilities is None else champion_probabilities,
@@ -80,16 +81,17 @@ def compare_with_champion(spec: ModelSpec, trained: TrainedModel, split: Split, 
     champion_metrics = None
     flips = None
     champion_scores = champion_probabilities = None
-    if champion is not None:
-        champion_scores = Policy(spec, champion).scores(split.test)
+    old = Policy(spec, champion) if champion is not None else None
+    new = Policy(spec, challenger)
+    if old is not None:
+        champion_scores = old.scores(split.test)
         champion_probabilities = outcome_probability(champion.estimator, split.test, spec)
-        champion_metrics = classification_metrics(split.test.get_column("label").to_numpy(), champion_probabilities)
+        champion_metrics = classification_metrics(grades_of(split.test), champion_probabilities)
         if recent.height:
-            old = Policy(spec, champion)
-            new = Policy(spec, challenger)
-            flips = flip_share(old.decisions(old.scores(recent)), new.decisions(new.scores(recent)))
-    evidence = gather_evidence(spec, split.test, trained.policy_scores, challenger.threshold, champion_scores,
-                               champion.threshold if champion is not None else None,
+            flips = flip_share(old.decisions(old.scores(recent), recent), new.decisions(new.scores(recent), recent))
+    # Each row at its segment's threshold: the policies as they would decide.
+    evidence = gather_evidence(spec, split.test, trained.policy_scores, new.thresholds(split.test), champion_scores,
+                               old.thresholds(split.test) if old is not None else None,
                                trained.test_scores, champion_probabilities)
     decision = decide_promotion(spec.gates, trained.test_metrics, champion_metrics, split.test.height, flips, evidence)
     return Comparison(trained.test_metrics, champion_metrics, flips, decision, evidence)

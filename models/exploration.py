@@ -40,12 +40,14 @@ def uniform_draws(action_ids: pl.Series, seed: int) -> np.ndarray:
     return digest.cast(pl.Float64).to_numpy() / 16.0 ** 8
 
 
-def positive_probability(scores: np.ndarray, threshold: float, spec: ModelSpec, everywhere: bool = False) -> np.ndarray:
+def positive_probability(scores: np.ndarray, threshold: float | np.ndarray, spec: ModelSpec,
+                         everywhere: bool = False) -> np.ndarray:
     """P(policy takes the positive decision | score): 0 or 1 outside the band, 1 - share or share inside.
 
-    ``everywhere`` treats every decision as near the threshold: the cold-start rule has no score to
-    be near to, and exploring all of its decisions is what lets the first decision-aware model see
-    both decisions across the features (a deterministic rule never nurtures a referral).
+    ``threshold`` is one number or one per row (per-segment thresholds). ``everywhere`` treats every
+    decision as near the threshold: the cold-start rule has no score to be near to, and exploring all
+    of its decisions is what lets the first decision-aware model see both decisions across the
+    features (a deterministic rule never nurtures a referral).
     """
     exploration: Exploration = spec.exploration
     scores = np.asarray(scores, dtype=float)
@@ -60,7 +62,7 @@ def positive_probability(scores: np.ndarray, threshold: float, spec: ModelSpec, 
     return probability
 
 
-def explore(scores: np.ndarray, threshold: float, action_ids: pl.Series, spec: ModelSpec,
+def explore(scores: np.ndarray, threshold: float | np.ndarray, action_ids: pl.Series, spec: ModelSpec,
             everywhere: bool = False) -> Explored:
     """The decisions with exploration applied, and the propensity of each."""
     p_positive = positive_probability(scores, threshold, spec, everywhere)

@@ -12,20 +12,19 @@ import numpy as np
 import polars as pl
 
 from features.spec import ModelSpec
-from models.evaluate import expected_calibration_error
+from models.evaluate import expected_calibration_error, graded_auc
 from models.train import TrainedModel
 
 RESAMPLES = 400
 
 
-def _day_bootstrap(days: np.ndarray, labels: np.ndarray, scores: np.ndarray, decision_scores: np.ndarray, threshold: float,
-                   seed: int, resamples: int = RESAMPLES) -> dict[str, tuple[float, float]]:
+def _day_bootstrap(days: np.ndarray, labels: np.ndarray, scores: np.ndarray, decision_scores: np.ndarray,
+                   thresholds: float | np.ndarray, seed: int, resamples: int = RESAMPLES) -> dict[str, tuple[float, float]]:
     """95 % intervals of AUC, calibration error, share decided positive and its hit rate, resampling whole days.
 
     ``scores`` are outcome probabilities (compared with labels); ``decision_scores`` what the threshold applies to.
-    """
-    from sklearn.metrics import roc_auc_score
-
+    ``labels`` may be grades in [0, 1]; ``thresholds`` one number or one per row (per-segment thresholds)."""
+    thresholds = np.broadcast_to(np.asarray(thresholds, float), np.shape(scores))
     unique, index = np.unique(days, return_inverse=True)
     members = [np.flatnonzero(index == d) for d in range(unique.size)]
     rng = np.random.default_rng(seed)
@@ -33,9 +32,9 @@ def _day_bootstrap(days: np.ndarray, labels: np.ndarray, scores: np.ndarray, dec
     for _ in range(resamples):
         rows = np.concatenate([members[d] for d in rng.integers(0, unique.size, unique.size)])
         y, s = labels[rows], scores[rows]
-        positive = decision_scores[rows] >= threshold
+        positive = decision_scores[rows] >= thresholds[rows]
         if y.min() != y.max():
-            draws["roc_auc"].append(roc_auc_score(y, s))
+            draws["roc_auc"].append(graded_auc(y, s))
         draws["calibration_error"].append(expected_calibration_error(y, s))
         draws["positive_share"].append(positive.mean())
         if positive.any():
@@ -46,11 +45,12 @@ def _day_bootstrap(days: np.ndarray, labels: np.ndarray, scores: np.ndarray, dec
 
 def model_card(spec: ModelSpec, trained: TrainedModel, test: pl.DataFrame, lineage: dict, version: str | None = None) -> str:
     """Markdown for the registry and the run's artifacts. ``test`` is the test slice (``decided_at``, ``label``)."""
-    labels, scores = trained.test_labels.astype(int), trained.test_scores
+    labels, scores = np.asarray(trained.test_labels, float), trained.test_scores
     threshold = trained.threshold.threshold
+    row_thresholds = trained.thresholds.for_rows(test)
     days = test.get_column("decided_at").dt.date().cast(pl.Int32).to_numpy()
-    intervals = _day_bootstrap(days, labels, scores, trained.policy_scores, threshold, spec.training.seed)
-    positive = trained.policy_scores >= threshold
+    intervals = _day_bootstrap(days, labels, scores, trained.policy_scores, row_thresholds, spec.training.seed)
+    positive = trained.policy_scores >= row_thresholds
     hit_rate = float(labels[positive].mean()) if positive.any() else float("nan")
     metrics = trained.test_metrics
 
@@ -63,13 +63,20 @@ def model_card(spec: ModelSpec, trained: TrainedModel, test: pl.DataFrame, linea
               f"{positive.mean():.1%} of the test {spec.entity}s (otherwise `{spec.negative_decision}`); "
               f"of those, {hit_rate:.1%} had a positive outcome, against {labels.mean():.1%} of all. "
               f"Threshold rule: {trained.threshold.reason}.")
+    if trained.thresholds.by_segment:
+        own = ", ".join(f"{k} {v:.3f}" for k, v in sorted(trained.thresholds.by_segment.items()))
+        decide += (f" Per `{trained.thresholds.column}` (calibrated per segment, shrunk towards the global calibration): "
+                   f"{own}; other values use {threshold:.3f}.")
     if spec.objective.kind == "expected_value":
         decide += (f" Value on the calibration weeks: {trained.threshold.objective_value:,.0f} EUR per week "
                    f"({spec.objective.value_per_conversion:,.0f} EUR per conversion, {spec.objective.cost_per_action:,.0f} "
                    "EUR per action).")
     else:
-        decide += (f" Target: observed acceptance of `{spec.positive_decision}` at least "
-                   f"{spec.objective.target_acceptance:.0%}.")
+        bound = (f" (its {spec.objective.acceptance_confidence:.0%} Wilson lower bound on the calibration rows)"
+                 if spec.objective.acceptance_confidence > 0 else "")
+        graded = "graded " if spec.outcomes.graded else "observed "
+        decide += (f" Target: {graded}acceptance of `{spec.positive_decision}` at least "
+                   f"{spec.objective.target_acceptance:.0%}{bound}.")
     return "\n".join([
         title, "",
         f"**Intended use.** {spec.description} It decides between `{spec.positive_decision}` and "

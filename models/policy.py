@@ -51,7 +51,14 @@ class Policy:
 
     @property
     def threshold(self) -> float:
+        """The default threshold (per-segment thresholds: ``thresholds``)."""
         return self.model.threshold if self.model else 0.5
+
+    def thresholds(self, frame: pl.DataFrame) -> np.ndarray:
+        """The threshold of each row: its segment's, as registered with the model (models/thresholds.py)."""
+        if self.model is None:
+            return np.full(frame.height, self.threshold)
+        return self.model.segment_thresholds.for_rows(frame)
 
     def scores(self, frame: pl.DataFrame) -> np.ndarray:
         if self.model is None:
@@ -64,8 +71,9 @@ class Policy:
             return self.scores(frame)
         return outcome_probability(self.model.estimator, frame.with_columns(decisions.alias("decision")), self.spec)
 
-    def decisions(self, scores: np.ndarray) -> pl.Series:
-        positive = np.asarray(scores) >= self.threshold
+    def decisions(self, scores: np.ndarray, frame: pl.DataFrame) -> pl.Series:
+        """Greedy decisions (no exploration) for the rows of ``frame`` with these scores."""
+        positive = np.asarray(scores) >= self.thresholds(frame)
         return pl.Series("decision", np.where(positive, self.spec.positive_decision, self.spec.negative_decision))
 
     def decide(self, entities: pl.DataFrame, key: bytes, action_ids: pl.Series | None = None) -> pl.DataFrame:
@@ -82,14 +90,15 @@ class Policy:
         if action_ids is None:
             action_ids = frame.select(pl.format("{}-{}-{}", pl.lit(self.spec.name[:4]), pl.col("entity_id").str.slice(4, 16),
                                                 pl.col("decided_at").dt.epoch("ms"))).to_series()
-        explored = explore(scores, self.threshold, action_ids, self.spec, everywhere=self.model is None)
+        thresholds = self.thresholds(frame)
+        explored = explore(scores, thresholds, action_ids, self.spec, everywhere=self.model is None)
         actions = frame.with_columns(
             action_ids.alias("action_id"),
             pl.Series("score", scores, dtype=pl.Float64),
             explored.decisions,
             pl.lit(self.spec.name).alias("model"),
             pl.lit(self.version).alias("model_version"),
-            pl.lit(self.threshold).alias("threshold"),
+            pl.Series("threshold", thresholds, dtype=pl.Float64),
             pl.Series("propensity", explored.propensity, dtype=pl.Float64),
         )
         actions = actions.select(list(ACTION_SCHEMA) + list(feature_schema(self.spec)))

@@ -7,6 +7,7 @@ version (its tag ``threshold`` and the model's metadata), so model and threshold
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import polars as pl
 from features.kpis import KpiPoint
 from features.settings import Settings
 from features.spec import ModelSpec
+from models.thresholds import SegmentThresholds
 from models.train import TrainedModel, sklearn_inputs
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -28,8 +30,21 @@ class LoadedModel:
     name: str
     version: str
     estimator: Any
-    threshold: float
+    threshold: float                            # the default threshold (segments without their own)
     run_id: str
+    thresholds: SegmentThresholds | None = None   # per segment, registered with the version
+
+    @property
+    def segment_thresholds(self) -> SegmentThresholds:
+        return self.thresholds if self.thresholds is not None else SegmentThresholds(self.threshold)
+
+
+def training_as_of(version) -> datetime | None:
+    """When the data a version's pipeline learnt from ended: its ``as_of``, or for a recalibrated version the
+    ``base_as_of`` of the pipeline it reuses (a recalibration is no retraining: not for the retraining
+    schedule, the trigger's pause, nor the drift reference)."""
+    stamp = version.tags.get("base_as_of") or version.tags.get("as_of")
+    return datetime.fromisoformat(stamp) if stamp else None
 
 
 class Registry:
@@ -58,15 +73,19 @@ class Registry:
         return self.client.create_experiment(name, artifact_location=location)
 
     def log_training(self, spec: ModelSpec, trained: TrainedModel, *, lineage: dict[str, Any],
-                     input_example: pl.DataFrame, week: str, plots: dict[str, Path], run_name: str) -> tuple[str, str]:
-        """Log a training run and register its model; returns (run_id, registered version)."""
+                     input_example: pl.DataFrame, week: str, plots: dict[str, Path], run_name: str,
+                     tags: dict[str, str] | None = None) -> tuple[str, str]:
+        """Log a training run and register its model; returns (run_id, registered version).
+
+        ``tags`` go to the run and the version (a recalibration's lineage: ``recalibrated_from``, ...)."""
         mlflow = self.mlflow
         from mlflow.models import infer_signature
 
         example = sklearn_inputs(input_example, spec)
         signature = infer_signature(example, trained.estimator.predict_proba(example))
         with mlflow.start_run(experiment_id=self.experiment_id(f"{spec.name}/training"), run_name=run_name) as run:
-            mlflow.set_tags({"model": spec.name, "week": week, "spec_hash": spec.content_hash, "kind": "training"})
+            mlflow.set_tags({"model": spec.name, "week": week, "spec_hash": spec.content_hash, "kind": "training",
+                             **(tags or {})})
             mlflow.log_params({"spec_hash": spec.content_hash, "threshold": round(trained.threshold.threshold, 6),
                                "objective": spec.objective.kind, **{k: v for k, v in lineage.items() if not isinstance(v, dict)}})
             mlflow.log_metrics({f"test_{k}": v for k, v in trained.test_metrics.items() if np.isfinite(v)})
@@ -76,6 +95,10 @@ class Registry:
                                 "positive_share": trained.threshold.positive_share})
             mlflow.log_text(spec.source_text, "spec.toml")
             mlflow.log_dict(lineage, "lineage.json")
+            mlflow.log_text(trained.thresholds.to_json(), "thresholds.json")
+            if trained.segments is not None and trained.segments.calibration is not None:
+                mlflow.log_dict({"thresholds": trained.segments.table(), "calibration": trained.segments.calibration.table()},
+                                "segment_thresholds.json")
             for path in plots.values():
                 mlflow.log_artifact(str(path), "plots")
             info = mlflow.sklearn.log_model(
@@ -83,7 +106,7 @@ class Registry:
                 pip_requirements=PIP_REQUIREMENTS, serialization_format="cloudpickle",
                 pyfunc_predict_fn="predict_proba", registered_model_name=spec.name,
                 metadata={"threshold": trained.threshold.threshold, "objective": spec.objective.kind,
-                          "spec_hash": spec.content_hash},
+                          "spec_hash": spec.content_hash, "thresholds": trained.thresholds.to_json()},
             )
             version = str(info.registered_model_version)
         self.tag_version(spec.name, version, {
@@ -96,6 +119,9 @@ class Registry:
             "as_of": str(lineage.get("as_of")),
             "test_roc_auc": f"{trained.test_metrics['roc_auc']:.4f}",
             "test_calibration_error": f"{trained.test_metrics['calibration_error']:.4f}",
+            "segment_column": trained.thresholds.column,
+            "segment_thresholds": trained.thresholds.to_json(),
+            **(tags or {}),
         })
         return run.info.run_id, version
 
@@ -148,7 +174,11 @@ class Registry:
         if version is None:
             raise LookupError(f"model '{model}' has no version or alias '{ref}'")
         estimator = self.mlflow.sklearn.load_model(f"models:/{model}/{version.version}")
-        return LoadedModel(model, str(version.version), estimator, float(version.tags["threshold"]), version.run_id)
+        threshold = float(version.tags["threshold"])
+        # Versions registered before per-segment thresholds carry only the one threshold.
+        stored = version.tags.get("segment_thresholds")
+        thresholds = SegmentThresholds.from_json(stored) if stored else SegmentThresholds(threshold)
+        return LoadedModel(model, str(version.version), estimator, threshold, version.run_id, thresholds)
 
     def versions(self, model: str) -> list:
         return sorted(self.client.search_model_versions(f"name = '{model}'"), key=lambda v: int(v.version))

@@ -29,7 +29,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def retrain_summary(model: str, week: str, outcome: dict[str, Any]) -> str:
     lines = [f"# Retraining `{model}`, {week}", ""]
-    if outcome.get("status") != "trained":
+    if outcome.get("status") not in ("trained", "recalibrated"):
         lines.append(f"**No new model:** {outcome.get('reason', outcome.get('status'))}")
         return "\n".join(lines)
     lines += [
@@ -42,6 +42,17 @@ def retrain_summary(model: str, week: str, outcome: dict[str, Any]) -> str:
         "## Challenger vs champion on the same most recent labelled rows", "",
         markdown_table(outcome["comparison"]),
     ]
+    if outcome.get("lineage_tags", {}).get("recalibrated_from"):
+        tags = outcome["lineage_tags"]
+        note = (f"**Recalibration** of version {tags['recalibrated_from']}: a new calibrator and thresholds on "
+                f"top of the pipeline of version {tags.get('base_version')} (trained on data up to "
+                f"{tags.get('base_as_of')}). {outcome.get('recalibration_reason', '')}")
+        lines[2:2] = [note, ""]
+    if outcome.get("segment_thresholds"):
+        lines += ["", "## Thresholds per segment", "",
+                  ("Each segment with enough calibration rows is recalibrated (shrunk towards the global calibration) "
+                   "and gets its own threshold; the default applies to the others."), "",
+                  markdown_table(outcome["segment_thresholds"])]
     if outcome.get("policy_values"):
         lines += ["", "## Off-policy value per decision (EUR) on the test weeks", "",
                   "Doubly robust (cross-fitted outcome model) and self-normalised IPS; coverage = share of the "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -15,20 +16,11 @@ from sklearn.preprocessing import OneHotEncoder
 
 from features.build import model_inputs
 from features.spec import ModelSpec
-from features.training_set import NotEnoughData, Split
-from models.decision_aware import (
-    DECISION_INPUT,
-    DecisionAwareModel,
-    decision_scores,
-    outcome_probability,
-    with_decision,
-)
+from features.training_set import NotEnoughData, Split, graded_rows
+from models.decision_aware import DECISION_INPUT, DecisionAwareModel, decision_scores, outcome_probability, with_decision
 from models.evaluate import classification_metrics
-from models.thresholds import (
-    ThresholdChoice,
-    choose_threshold,
-    incremental_value_threshold,
-)
+from models.segments import SegmentCalibrated, SegmentedChoice, segmented_thresholds
+from models.thresholds import SegmentThresholds, ThresholdChoice, choose_threshold, incremental_value_threshold
 
 
 def build_pipeline(spec: ModelSpec, decision_aware: bool = False) -> Pipeline:
@@ -50,12 +42,13 @@ def build_pipeline(spec: ModelSpec, decision_aware: bool = False) -> Pipeline:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    estimator: CalibratedClassifierCV | DecisionAwareModel
-    threshold: ThresholdChoice
+    estimator: Any                   # CalibratedClassifierCV, SegmentCalibrated around it, or DecisionAwareModel
+    threshold: ThresholdChoice       # the default threshold (all segments without their own)
     test_metrics: dict[str, float]
     calibration_metrics: dict[str, float]
-    test_scores: np.ndarray         # P(positive outcome | x, logged decision): what the labels are compared with
-    test_labels: np.ndarray
+    test_scores: np.ndarray          # P(positive outcome | x, logged decision): what the labels are compared with
+    test_labels: np.ndarray          # grades in [0, 1] (0/1 labels for a spec without graded outcomes)
+    segments: SegmentedChoice | None = None
     # What the threshold applies to on the test rows, for the off-policy value of the policy; the
     # same as test_scores for a pooled model (models/decision_aware.py).
     test_decision_scores: np.ndarray | None = None
@@ -64,66 +57,110 @@ class TrainedModel:
     def policy_scores(self) -> np.ndarray:
         return self.test_scores if self.test_decision_scores is None else self.test_decision_scores
 
+    @property
+    def thresholds(self) -> SegmentThresholds:
+        return self.segments.thresholds if self.segments is not None else SegmentThresholds(self.threshold.threshold)
+
 
 def sklearn_inputs(frame: pl.DataFrame, spec: ModelSpec):
     """The pandas frame scikit-learn gets: converted once, here, because polars input is ~14x slower to fit."""
     return model_inputs(frame, spec).to_pandas()
 
 
+def grades_of(frame: pl.DataFrame) -> np.ndarray:
+    """The graded outcome of each row (the binary label for frames built without grades)."""
+    column = "grade" if "grade" in frame.columns else "label"
+    return frame.get_column(column).cast(pl.Float64).to_numpy()
+
+
 def _weeks(frame: pl.DataFrame) -> float:
     return max(frame.get_column("week").n_unique(), 1) if frame.height else 1.0
 
 
-def _calibrated(pipeline: Pipeline, calibration: pl.DataFrame, spec: ModelSpec,
-                inputs=sklearn_inputs) -> tuple[CalibratedClassifierCV, str]:
-    # Isotonic needs plenty of positives; with few of them a sigmoid is the safer fit.
-    positives = int(calibration.get_column("label").sum())
-    method = spec.training.calibration if positives >= 1000 or spec.training.calibration == "sigmoid" else "sigmoid"
-    calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
-    calibrated.fit(inputs(calibration, spec), calibration.get_column("label").to_numpy())
-    return calibrated, method
-
-
-def _require_both_outcomes(split: Split, decision: str | None = None) -> None:
-    for name, part in (("fit", split.fit), ("calibration", split.calibration), ("test", split.test)):
-        if decision is not None and name != "test":
-            part = part.filter(pl.col("decision") == decision)
+def check_slices(split: Split, names: tuple[str, ...] = ("fit", "calibration", "test")) -> None:
+    for name in names:
+        part = getattr(split, name)
         if part.is_empty() or part.get_column("label").n_unique() < 2:
-            which = f"the {name} slice's '{decision}' rows" if decision and name != "test" else f"the {name} slice"
-            raise NotEnoughData(f"{which} need both outcomes; there are {part.height} rows")
+            raise NotEnoughData(f"the {name} slice needs both outcomes; it has {part.height} rows")
+
+
+def _with_grades(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame if "grade" in frame.columns else frame.with_columns(pl.col("label").cast(pl.Float64).alias("grade"))
+
+
+def fit_pipeline(frame: pl.DataFrame, spec: ModelSpec) -> Pipeline:
+    """The uncalibrated pipeline fitted on ``frame``; graded rows count as weighted positive and negative rows."""
+    rows, weights = graded_rows(_with_grades(frame))
+    pipeline = build_pipeline(spec)
+    fit_params = {} if weights is None else {"classify__sample_weight": weights.to_numpy()}
+    pipeline.fit(sklearn_inputs(rows, spec), rows.get_column("label").to_numpy(), **fit_params)
+    return pipeline
+
+
+def calibrate(pipeline: Pipeline, split: Split, spec: ModelSpec) -> TrainedModel:
+    """Calibrate a fitted pipeline on the calibration slice, recalibrate per segment, choose the thresholds there,
+    and score the test slice. Used by a full training and by a cheap recalibration of a champion's pipeline."""
+    rows, weights = graded_rows(_with_grades(split.calibration))
+    # Isotonic needs plenty of positives; with few of them a sigmoid is the safer fit.
+    positives = float(rows.get_column("label").sum()) if weights is None else float((weights * rows.get_column("label")).sum())
+    wanted = spec.training.calibration
+    method = wanted if wanted == "sigmoid" or positives >= spec.training.isotonic_min_positives else "sigmoid"
+    calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
+    fit_params = {} if weights is None else {"sample_weight": weights.to_numpy()}
+    calibrated.fit(sklearn_inputs(rows, spec), rows.get_column("label").to_numpy(), **fit_params)
+    cal_grades = grades_of(split.calibration)
+    global_scores = calibrated.predict_proba(sklearn_inputs(split.calibration, spec))[:, 1]
+    cal_scores, choice = segmented_thresholds(global_scores, cal_grades, split.calibration, spec, _weeks(split.calibration))
+    estimator = calibrated
+    if choice.calibration is not None and choice.calibration.coefficients:
+        estimator = SegmentCalibrated(calibrated, choice.calibration)
+    test_scores = estimator.predict_proba(sklearn_inputs(split.test, spec))[:, 1]
+    test_grades = grades_of(split.test)
+    return TrainedModel(estimator, choice.default, classification_metrics(test_grades, test_scores),
+                        {**classification_metrics(cal_grades, cal_scores), "method_isotonic": float(method == "isotonic")},
+                        test_scores, test_grades, choice)
 
 
 def fit_model(split: Split, spec: ModelSpec) -> TrainedModel:
-    """Fit on the fit slice, calibrate and choose the threshold on the calibration slice, score the test slice."""
+    """Fit on the fit slice, calibrate and choose the thresholds on the calibration slice, score the test slice."""
     if spec.training.decision_aware:
-        return fit_decision_aware(split, spec)
-    _require_both_outcomes(split)
-    pipeline = build_pipeline(spec)
-    pipeline.fit(sklearn_inputs(split.fit, spec), split.fit.get_column("label").to_numpy())
-    calibrated, method = _calibrated(pipeline, split.calibration, spec)
-    cal_labels = split.calibration.get_column("label").to_numpy()
-    cal_scores = calibrated.predict_proba(sklearn_inputs(split.calibration, spec))[:, 1]
-    threshold = choose_threshold(cal_scores, cal_labels, spec.objective, _weeks(split.calibration))
-    test_scores = calibrated.predict_proba(sklearn_inputs(split.test, spec))[:, 1]
-    test_labels = split.test.get_column("label").to_numpy()
-    return TrainedModel(calibrated, threshold, classification_metrics(test_labels, test_scores),
-                        {**classification_metrics(cal_labels, cal_scores), "method_isotonic": float(method == "isotonic")},
-                        test_scores, test_labels)
+        for decision in spec.decisions:
+            _require_both_outcomes(split, decision)
+        pipeline = build_pipeline(spec, decision_aware=True)
+        pipeline.fit(decision_inputs(split.fit, spec), split.fit.get_column("label").to_numpy())
+        return calibrate_decision_aware(pipeline, split, spec)
+    check_slices(split)
+    return calibrate(fit_pipeline(split.fit, spec), split, spec)
 
 
-def fit_decision_aware(split: Split, spec: ModelSpec) -> TrainedModel:
-    """The decision as an input (models/decision_aware.py): fit, calibrate and score with each row's own decision.
+def _require_both_outcomes(split: Split, decision: str) -> None:
+    for name, part in (("fit", split.fit), ("calibration", split.calibration), ("test", split.test)):
+        if name != "test":
+            part = part.filter(pl.col("decision") == decision)
+        if part.is_empty() or part.get_column("label").n_unique() < 2:
+            which = f"the {name} slice's '{decision}' rows" if name != "test" else "the test slice"
+            raise NotEnoughData(f"{which} need both outcomes; there are {part.height} rows")
+
+
+def decision_inputs(frame: pl.DataFrame, spec: ModelSpec):
+    """sklearn_inputs plus the row's logged decision."""
+    return with_decision(model_inputs(frame, spec), frame.get_column("decision")).to_pandas()
+
+
+def calibrate_decision_aware(pipeline: Pipeline, split: Split, spec: ModelSpec) -> TrainedModel:
+    """Calibrate a decision-aware pipeline (models/decision_aware.py) on rows with their own decisions.
 
     Metrics compare each labelled row with the probability of the decision it actually got; the
-    threshold applies to the decision score.
+    threshold applies to the decision score. Used by a training and by a cheap recalibration.
     """
-    for decision in spec.decisions:
-        _require_both_outcomes(split, decision)
-    pipeline = build_pipeline(spec, decision_aware=True)
-    pipeline.fit(decision_inputs(split.fit, spec), split.fit.get_column("label").to_numpy())
-    calibrated, method = _calibrated(pipeline, split.calibration, spec, inputs=decision_inputs)
+    labels = split.calibration.get_column("label")
+    method = spec.training.calibration
+    if method != "sigmoid" and float(labels.sum()) < spec.training.isotonic_min_positives:
+        method = "sigmoid"
+    calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
+    calibrated.fit(decision_inputs(split.calibration, spec), labels.to_numpy())
     model = DecisionAwareModel(spec.positive_decision, spec.negative_decision, calibrated)
-    cal_labels = split.calibration.get_column("label").to_numpy()
+    cal_labels = labels.to_numpy()
     cal_probabilities = outcome_probability(model, split.calibration, spec)
     weeks = _weeks(split.calibration)
     cal_scores = decision_scores(model, split.calibration, spec)
@@ -135,12 +172,7 @@ def fit_decision_aware(split: Split, spec: ModelSpec) -> TrainedModel:
     test_labels = split.test.get_column("label").to_numpy()
     calibration_metrics = {**classification_metrics(cal_labels, cal_probabilities), "method_isotonic": float(method == "isotonic")}
     return TrainedModel(model, threshold, classification_metrics(test_labels, test_scores), calibration_metrics,
-                        test_scores, test_labels, decision_scores(model, split.test, spec))
-
-
-def decision_inputs(frame: pl.DataFrame, spec: ModelSpec):
-    """sklearn_inputs plus the row's logged decision."""
-    return with_decision(model_inputs(frame, spec), frame.get_column("decision")).to_pandas()
+                        test_scores, test_labels, test_decision_scores=decision_scores(model, split.test, spec))
 
 
 def predict_scores(estimator, frame: pl.DataFrame, spec: ModelSpec) -> np.ndarray:

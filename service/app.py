@@ -123,6 +123,8 @@ def outcomes_model(specs: dict[str, ModelSpec]) -> type[BaseModel]:
         outcome: Literal[known]  # type: ignore[valid-type]
         observed_at: AwareDatetime | None = Field(None, description="when it happened, with time zone; default: now")
         revenue: float | None = Field(None, ge=0, allow_inf_nan=False)
+        share_kept: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
+                                         description="share of a reviewed draft the person kept when editing it")
         model: Literal[tuple(specs)] | None = Field(None, description="the action's model, if known")  # type: ignore[valid-type]
 
         @model_validator(mode="after")
@@ -215,6 +217,7 @@ def create_app(service: ScoringService) -> FastAPI:
                                                   f"{now.isoformat()})"}])
         frame = pl.DataFrame(rows, schema={"action_id": pl.String, "outcome": pl.String,
                                            "observed_at": pl.Datetime("us", "UTC"), "revenue": pl.Float64,
+                                           "share_kept": pl.Float64,
                                            "model": pl.String})
         frame = frame.with_columns(pl.col("observed_at").fill_null(pl.lit(now).cast(pl.Datetime("us", "UTC"))))
         return {"recorded": service.record_outcomes(frame)}

@@ -146,6 +146,9 @@ _ATTACHMENT_EFFECT: Final = -0.4   # the draft cannot read the attachment
 # --------------------------------------------------------------------------------------------
 _LOST_SHARE: Final = 0.90              # non-converted leads that the CRM marks as lost
 _EDITED_SHARE: Final = 0.60            # unacceptable reviewed drafts that are edited (else rejected)
+# An edited draft keeps between 40 % and 100 % of its acceptability in share of text: a near miss
+# (acceptable with probability 0.9) keeps 36-90 % of the draft, a poor one (0.3) only 12-30 %.
+_KEPT_MIN: Final = 0.40
 _AUDIT_SHARE: Final = 0.05             # auto-sent replies graded by the random audit
 _REVENUE_SIGMA: Final = 0.4            # lognormal spread of a won deal's revenue
 
@@ -467,8 +470,9 @@ class World:
         """The outcomes the company observes, with realistic delays, one row per event.
 
         Truth stays hidden: a lead either converts (with revenue), is marked lost, or simply goes
-        quiet; a reviewed draft is accepted, edited or rejected; an auto-sent reply only shows
-        the customer's reaction, plus an exact grade for the small random audit sample. All
+        quiet; a reviewed draft is accepted, edited (with the share of the draft kept) or rejected;
+        an auto-sent reply only shows the customer's reaction, plus an exact grade for the small
+        random audit sample. All
         randomness comes from the population's hidden columns, so the same call gives the same
         events and the events agree with ``realise``.
         """
@@ -488,7 +492,7 @@ class World:
             population.select(pl.col("^_.*$")),
         ], how="horizontal")
         schema = {"action_id": pl.String, "observed_at": _DATETIME, "outcome": pl.String,
-                  "revenue": pl.Float64}
+                  "revenue": pl.Float64, "share_kept": pl.Float64}
         s, u, d = pl.col("success"), pl.col("_u_kind"), pl.col("_u_delay")
 
         if model == "lead_scoring":
@@ -508,6 +512,7 @@ class World:
                 .alias("observed_at"),
                 outcome.alias("outcome"),
                 revenue.cast(pl.Float64).alias("revenue"),
+                pl.lit(None, dtype=pl.Float64).alias("share_kept"),
             ).filter(pl.col("outcome").is_not_null())
         else:
             auto = pl.col("positive")
@@ -522,12 +527,16 @@ class World:
                          .otherwise(pl.lit("resolved")))
             # A person reviews within 2..20 hours; a customer reacts 6..48 hours after sending.
             delay_hours = pl.when(auto).then(6.0 + 42.0 * d).otherwise(2.0 + 18.0 * d)
+            # Given an edit (u < _EDITED_SHARE), u / _EDITED_SHARE is uniform and no other draw is spent.
+            kept = (pl.lit(self._acceptability(population))
+                    * (_KEPT_MIN + (1.0 - _KEPT_MIN) * u / _EDITED_SHARE)).round(2)
             main = base.select(
                 "action_id",
                 (pl.col("decided_at") + pl.duration(microseconds=(delay_hours * _US_PER_HOUR).cast(pl.Int64)))
                 .alias("observed_at"),
                 pl.when(auto).then(follow_up).otherwise(reviewed).alias("outcome"),
                 pl.lit(None, dtype=pl.Float64).alias("revenue"),
+                pl.when(~auto & ~s & (u < _EDITED_SHARE)).then(kept).alias("share_kept"),
             )
             audit_hours = 50.0 + 20.0 * pl.col("_u_audit_delay")
             audit = base.filter(auto & (pl.col("_u_audit") < _AUDIT_SHARE)).select(
@@ -536,6 +545,7 @@ class World:
                 .alias("observed_at"),
                 pl.when(s).then(pl.lit("audit_pass")).otherwise(pl.lit("audit_fail")).alias("outcome"),
                 pl.lit(None, dtype=pl.Float64).alias("revenue"),
+                pl.lit(None, dtype=pl.Float64).alias("share_kept"),
             )
             events = pl.concat([main, audit])
         return events.cast(schema).sort("observed_at", "action_id", maintain_order=True)

@@ -85,10 +85,11 @@ def test_decisions_and_outcomes_reach_the_store_pseudonymised(tmp_path, monkeypa
         ids = [d["action_id"] for d in single["decisions"]] + batch["columns"]["action_id"]
         recorded = httpx.post(f"{url}/v1/outcomes", json={"outcomes": [
             {"action_id": ids[0], "outcome": "converted", "revenue": 1200.0},
-            {"action_id": ids[1], "outcome": "lost", "model": "lead_scoring"}]}, timeout=30)
-        assert recorded.json() == {"recorded": 2}
+            {"action_id": ids[1], "outcome": "lost", "model": "lead_scoring"},
+            {"action_id": "reply-1", "outcome": "edited", "share_kept": 0.7, "model": "reply_acceptance"}]}, timeout=30)
+        assert recorded.json() == {"recorded": 3}
         runtime = _runtime(home, monkeypatch)
-        wait_until(lambda: runtime.store.scan_outcomes().collect().height == 2, "the outcomes to be flushed")
+        wait_until(lambda: runtime.store.scan_outcomes().collect().height == 3, "the outcomes to be flushed")
 
     assert len(set(ids)) == 4
     assert single["model_version"] == "rule" and batch["model_version"] == "rule"
@@ -102,8 +103,9 @@ def test_decisions_and_outcomes_reach_the_store_pseudonymised(tmp_path, monkeypa
     assert dict(zip(actions["action_id"], actions["decision"])) == told
     assert actions.filter(pl.col("action_id") == ids[3]).get_column("industry").to_list() == [None]
     outcomes = runtime.store.scan_outcomes().collect().sort("outcome")
-    assert outcomes.get_column("action_id").to_list() == [ids[0], ids[1]]
-    assert outcomes.get_column("model").to_list() == ["lead_scoring", "lead_scoring"]
+    assert outcomes.get_column("action_id").to_list() == [ids[0], "reply-1", ids[1]]
+    assert outcomes.get_column("model").to_list() == ["lead_scoring", "reply_acceptance", "lead_scoring"]
+    assert outcomes.get_column("share_kept").to_list() == [None, 0.7, None]
     # No raw identifier anywhere under the state folder.
     for path in home.rglob("*"):
         if path.is_file():
@@ -123,11 +125,14 @@ def test_bad_payloads_are_refused_with_a_message_that_names_the_field(tmp_path):
             {"action_id": "a", "outcome": "lost", "observed_at": "2026-01-01T00:00:00"}]})
         wrong_outcome = httpx.post(f"{url}/v1/outcomes", json={"outcomes": [
             {"action_id": "a", "outcome": "accepted", "model": "lead_scoring"}]})
+        share_above_1 = httpx.post(f"{url}/v1/outcomes", json={"outcomes": [
+            {"action_id": "a", "outcome": "edited", "share_kept": 1.2}]})
         unknown_model = httpx.post(f"{url}/v1/churn/decide", json={"entities": [{"entity_ref": "x"}]})
         schema = httpx.get(f"{url}/openapi.json").json()
 
-    for response in (wrong_type, extra, ragged, both, future, naive, wrong_outcome):
+    for response in (wrong_type, extra, ragged, both, future, naive, wrong_outcome, share_above_1):
         assert response.status_code == 422, response.text
+    assert "outcomes.0.share_kept" in share_above_1.json()["message"]
     assert "entities.0.company_size" in wrong_type.json()["message"]
     assert "entities.0.email_body" in extra.json()["message"]
     assert "requested_demo has 1" in ragged.json()["message"]

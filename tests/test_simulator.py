@@ -322,7 +322,7 @@ def test_outcome_events_schema_values_and_timing(world, specs, model):
     spec = specs[model]
     _, actions, events = events_for(world, spec, 6)
     assert events.schema == pl.Schema({"action_id": pl.String, "observed_at": pl.Datetime("us", "UTC"),
-                                       "outcome": pl.String, "revenue": pl.Float64})
+                                       "outcome": pl.String, "revenue": pl.Float64, "share_kept": pl.Float64})
     assert events.height > 0
     assert set(events["outcome"].unique()) <= set(spec.outcomes.values)
     joined = events.join(actions, on="action_id", how="left")
@@ -356,7 +356,7 @@ def test_lead_events_reveal_conversions_with_delay_and_revenue(world, specs):
 
 def test_reply_events_depend_on_the_decision(world, specs):
     spec = specs["reply_acceptance"]
-    _, actions, events = events_for(world, spec, 10)
+    population, actions, events = events_for(world, spec, 10)
     joined = events.join(actions, on="action_id")
     auto = joined.filter(pl.col("decision") == "auto_send")
     reviewed = joined.filter(pl.col("decision") == "human_review")
@@ -381,4 +381,12 @@ def test_reply_events_depend_on_the_decision(world, specs):
     good = follow_ups.filter(pl.col("success"))
     assert (bad["outcome"] == "complained").mean() > 0.3 > (good["outcome"] == "complained").mean()
     assert joined["revenue"].null_count() == joined.height
+    # Edited drafts say how much of the draft was kept, in [0, 1]; nothing else does. Near misses keep more.
+    edited = joined.filter(pl.col("outcome") == "edited")
+    assert edited.height and edited["share_kept"].is_between(0, 1).all() and edited["share_kept"].null_count() == 0
+    assert joined.filter(pl.col("outcome") != "edited")["share_kept"].null_count() == joined.height - edited.height
+    truth = pl.DataFrame({"action_id": actions["action_id"],
+                          "truth": world.true_probability(spec.name, population, actions["decision"])})
+    edited = edited.join(truth, on="action_id")
+    assert np.corrcoef(edited["truth"].to_numpy(), edited["share_kept"].to_numpy())[0, 1] > 0.3
 

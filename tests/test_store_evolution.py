@@ -148,3 +148,33 @@ def test_the_store_location_is_a_uri(tmp_path, specs):
     assert report.actions_stored == 1
     assert store.schema_version() == SCHEMA_VERSION
     assert store.scan_actions("lead_scoring").collect()["action_id"].to_list() == ["u1"]
+
+
+def test_a_store_from_before_graded_outcomes_reads_share_kept_as_null_and_takes_it_from_then_on(tmp_path, specs):
+    uri = str(tmp_path / "store")
+    store = EventStore(uri, specs)
+    spec = specs["reply_acceptance"]
+    reply = {k: v for k, v in lead_action("r1").items() if k not in ("source", "industry", "region", "company_size",
+                                                                    "pages_visited", "email_opens", "requested_demo")}
+    reply |= {"model": "reply_acceptance", "decision": "human_review", "intent": "return", "language": "de",
+              "customer_tier": "standard", "template_id": "ret_v1", "message_length": "300", "has_attachment": "false"}
+    ingest_paths([_csv(tmp_path / "a.csv", [reply, reply | {"action_id": "r2"}])], store, SimulatedClock(T1), KEY)
+    ingest_paths([_outcomes(tmp_path / "o1.jsonl", [("r1", "2026-01-06T12:00:00Z", "edited", None)])],
+                 store, SimulatedClock(T1), KEY)
+    # The outcomes table as the release before graded outcomes wrote it: no share_kept column.
+    old = pl.read_delta(store.outcomes_uri).drop("share_kept")
+    old.write_delta(store.outcomes_uri, mode="overwrite", delta_write_options={"schema_mode": "overwrite"})
+    assert "share_kept" not in pl.read_delta(store.outcomes_uri).columns
+
+    assert store.scan_outcomes().collect()["share_kept"].to_list() == [None]
+    labelled = labelled_frame(store, spec, T1)
+    assert labelled.filter(pl.col("action_id") == "r1")["grade"].to_list() == [spec.outcomes.share_kept_default]
+
+    later = pl.DataFrame({"action_id": ["r2"], "observed_at": ["2026-01-06T13:00:00Z"], "outcome": ["edited"],
+                          "share_kept": [0.8]})
+    later.write_ndjson(tmp_path / "o2.jsonl")
+    assert ingest_paths([tmp_path / "o2.jsonl"], store, SimulatedClock(T1), KEY).outcomes_stored == 1
+    rows = store.scan_outcomes().sort("action_id").collect()
+    assert rows["share_kept"].to_list() == [None, 0.8]              # old rows null, the new one as given
+    grades = labelled_frame(store, spec, T1).sort("action_id")["grade"].to_list()
+    assert grades == [spec.outcomes.share_kept_default, 0.8]

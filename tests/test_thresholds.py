@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from statistics import NormalDist
 
 import numpy as np
+import polars as pl
 import pytest
 
-from models.thresholds import choose_threshold
+from models.thresholds import SegmentThresholds, choose_threshold
 
 
 def _calibrated_levels(per_level: int = 1000):
@@ -41,7 +43,8 @@ def test_capacity_limits_the_positive_decisions(specs):
 
 
 def test_precision_target_threshold_is_the_lowest_that_keeps_the_target(specs):
-    objective = specs["reply_acceptance"].objective   # target acceptance 0.95
+    # The point estimate (acceptance_confidence 0): the rule before lower bounds.
+    objective = dataclasses.replace(specs["reply_acceptance"].objective, acceptance_confidence=0.0)   # target 0.95
     scores, labels = _calibrated_levels()
     # Rows at or above level k have mean acceptance (k/100 + 1) / 2, which reaches 0.95 at k = 90.
     choice = choose_threshold(scores, labels, objective, weeks=1)
@@ -57,3 +60,59 @@ def test_no_threshold_pays_means_no_positive_decision(specs):
     labels = np.zeros(500, dtype=int)
     choice = choose_threshold(scores, labels, objective, weeks=1)
     assert choice.positive_share == 0.0 and choice.threshold == 1.0
+
+
+def _wilson_low(p: float, n: int, confidence: float) -> float:
+    """Textbook one-sided Wilson score lower bound (the reference the implementation is checked against)."""
+    z = NormalDist().inv_cdf(confidence)
+    return (p + z * z / (2 * n) - z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+
+
+def test_with_a_confidence_level_the_wilson_lower_bound_must_reach_the_target(specs):
+    objective = specs["reply_acceptance"].objective
+    assert objective.acceptance_confidence == 0.95
+    scores, labels = _calibrated_levels()
+    choice = choose_threshold(scores, labels, objective, weeks=1)
+    # Rows at or above level k: (101 - k) * 1000 of them, mean acceptance (k/100 + 1) / 2.
+    k = round(choice.threshold * 100)
+    assert _wilson_low((k / 100 + 1) / 2, (101 - k) * 1000, 0.95) >= objective.target_acceptance
+    assert _wilson_low(((k - 1) / 100 + 1) / 2, (102 - k) * 1000, 0.95) < objective.target_acceptance
+    assert choice.threshold > 0.90       # stricter than the point estimate on the same rows
+    assert "Wilson 95% lower bound" in choice.reason
+
+
+def test_a_wilson_threshold_holds_out_of_sample_where_the_point_estimate_fails(specs):
+    """Scores uniform on [0.6, 1] and calibrated: acceptance above t is (t + 1) / 2 on any new rows, so a
+    threshold meets the 95 % target out of sample exactly when t >= 0.9. Chosen on 2,000 labelled rows,
+    the point estimate picks the lowest t that happens to reach 95 % on those rows and falls short about
+    half the time; the Wilson bound (95 %) about one time in twenty."""
+    point = dataclasses.replace(specs["reply_acceptance"].objective, acceptance_confidence=0.0)
+    wilson = dataclasses.replace(point, acceptance_confidence=0.95)
+    trials, failures = 200, {"point": 0, "wilson": 0}
+    for seed in range(trials):
+        rng = np.random.default_rng(seed)
+        scores = np.round(rng.uniform(0.6, 1.0, 2000), 3)
+        labels = (rng.random(scores.size) < scores).astype(int)
+        for name, objective in (("point", point), ("wilson", wilson)):
+            t = choose_threshold(scores, labels, objective, weeks=1).threshold
+            failures[name] += (t + 1) / 2 < objective.target_acceptance
+    assert failures["point"] / trials > 0.3
+    assert failures["wilson"] / trials <= 0.08
+    assert failures["wilson"] < failures["point"] / 4
+
+
+def test_graded_labels_count_as_their_grade(specs):
+    """Grades (edited drafts: the share kept) enter the acceptance as they are: 0.5 counts half."""
+    objective = dataclasses.replace(specs["reply_acceptance"].objective, acceptance_confidence=0.0, min_auto_sent=1)
+    scores = np.repeat([0.99, 0.9, 0.8], 100)
+    grades = np.r_[np.ones(100), np.full(100, 0.9), np.full(100, 0.5)]
+    # Mean grade above 0.9: 0.95, above 0.8: 0.8; as binary labels (a grade < 1 as failure) it would be 0.5.
+    assert choose_threshold(scores, grades, objective, weeks=1).threshold == pytest.approx(0.9)
+
+
+def test_segment_thresholds_apply_per_row_with_a_default():
+    thresholds = SegmentThresholds(0.9, "intent", {"complaint": 0.98, "order_status": 0.8})
+    frame = pl.DataFrame({"intent": ["complaint", "order_status", "invoice_question", None]})
+    assert thresholds.for_rows(frame).tolist() == [0.98, 0.8, 0.9, 0.9]
+    assert SegmentThresholds.from_json(thresholds.to_json()) == thresholds
+    assert SegmentThresholds(0.7).for_rows(frame).tolist() == [0.7] * 4

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from features.training_set import time_split, with_labels
+from features.training_set import graded_rows, time_split, with_labels
 
 AS_OF = datetime(2026, 3, 2, 2, tzinfo=UTC)
 
@@ -62,3 +62,43 @@ def test_time_split_tests_on_the_most_recent_weeks_and_fits_on_the_oldest(specs)
     assert split.calibration.height == spec.training.calibration_rows
     # The test slice is whole weeks: no week is split between test and the rest.
     assert set(split.test["week"]).isdisjoint(set(split.fit["week"]) | set(split.calibration["week"]))
+
+
+def test_graded_outcomes_map_to_grades_as_the_spec_says(specs):
+    spec = specs["reply_acceptance"]         # maturity 3 days; edited = "share_kept", default 0.5
+
+    def days(n: int) -> datetime:
+        return AS_OF - timedelta(days=n)
+
+    names = ["accepted", "edited_kept", "edited_unknown", "rejected", "resolved", "complained", "recontacted",
+             "audit_pass", "silent_old", "silent_young", "edited_then_audited"]
+    actions = _actions([(n, days(5 if n != "silent_young" else 1)) for n in names])
+    outcomes = pl.DataFrame(
+        [("accepted", days(4), "accepted", None), ("edited_kept", days(4), "edited", 0.8),
+         ("edited_unknown", days(4), "edited", None), ("rejected", days(4), "rejected", None),
+         ("resolved", days(4), "resolved", None), ("complained", days(4), "complained", None),
+         ("recontacted", days(4), "recontacted", None), ("audit_pass", days(4), "audit_pass", None),
+         ("edited_then_audited", days(4), "edited", 0.3), ("edited_then_audited", days(2), "audit_pass", None)],
+        schema={"action_id": pl.String, "observed_at": pl.Datetime("us", "UTC"), "outcome": pl.String,
+                "share_kept": pl.Float64}, orient="row").with_columns(pl.lit(None, pl.Float64).alias("revenue")).lazy()
+    labelled = with_labels(actions, outcomes, spec, AS_OF).collect()
+    grades = dict(zip(labelled["action_id"], labelled["grade"], strict=True))
+    assert grades == {"accepted": 1.0, "edited_kept": 0.8, "edited_unknown": spec.outcomes.share_kept_default,
+                      "rejected": 0.0, "resolved": 1.0, "complained": 0.0, "recontacted": 0.0, "audit_pass": 1.0,
+                      "silent_old": 0.0, "silent_young": None, "edited_then_audited": 1.0}
+    # The binary label is unchanged: only positive outcomes are 1.
+    labels = dict(zip(labelled["action_id"], labelled["label"], strict=True))
+    assert labels["edited_kept"] == 0 and labels["accepted"] == 1 and labels["silent_young"] is None
+    # A spec without grades: the grade is the label.
+    lead = with_labels(actions, outcomes, specs["lead_scoring"], AS_OF).collect()
+    assert lead["grade"].to_list() == lead["label"].cast(pl.Float64).to_list()
+
+
+def test_a_fractional_grade_becomes_two_weighted_rows():
+    frame = pl.DataFrame({"action_id": ["a", "b", "c"], "grade": [1.0, 0.25, 0.0], "label": [1, 0, 0]})
+    rows, weights = graded_rows(frame)
+    got = sorted(zip(rows["action_id"], rows["label"], weights, strict=True))
+    assert got == [("a", 1, 1.0), ("b", 0, 0.75), ("b", 1, 0.25), ("c", 0, 1.0)]
+    binary = frame.with_columns(pl.col("label").cast(pl.Float64).alias("grade"))
+    same, none = graded_rows(binary)
+    assert none is None and same.equals(binary)        # nothing graded: the rows as they are, unweighted

@@ -2,7 +2,8 @@
 
 ``validate_rows`` keeps typed columns typed and builds reason texts only for failing rows. The
 oracle below is the implementation before that change (commit 397a047, renamed ``_ref_*``, code
-unchanged): everything rendered as text, every check formatted for every row. Randomised frames,
+unchanged but for the optional outcome column ``share_kept``, added to both later): everything rendered
+as text, every check formatted for every row. Randomised frames,
 as CSV gives them (all text, with whitespace, blanks, bad values) and as Parquet gives them
 (numbers, booleans, time-zone-aware timestamps in several units and zones, nulls, NaN, -0.0, and
 types that must still go through text), must come out identical: actions, outcomes, rejected
@@ -155,7 +156,7 @@ def _ref_outcome_checks(specs: dict[str, ModelSpec], now: datetime, paired: bool
         pl.when(~_ref_blank("revenue") & revenue.is_null()).then(pl.format("revenue '{}' is not a number", pl.col("revenue"))),
         pl.when(revenue < 0).then(pl.format("revenue {} is negative", pl.col("revenue"))),
     ]
-    return checks
+    return checks + _ref_probability_checks("share_kept", required=False)
 
 
 def _ref_validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datetime, first_row_number: int = 1) -> Validated:
@@ -172,7 +173,7 @@ def _ref_validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datet
                            f"columns were: {', '.join(df.columns) or 'none'}")
     text = _ref_as_text(df)
     text = text.with_columns(pl.struct(df.columns).struct.json_encode().alias(RAW)).with_row_index(ROW, offset=first_row_number)
-    wanted = (set(ACTION_SCHEMA) | {"revenue", "outcome", "observed_at"}) if is_actions else (set(OUTCOME_SCHEMA) | {"model"})
+    wanted = (set(ACTION_SCHEMA) | {"revenue", "outcome", "observed_at", "share_kept"}) if is_actions else (set(OUTCOME_SCHEMA) | {"model"})
     missing_required = [c for c in (ACTION_SCHEMA if is_actions else ["action_id", "observed_at", "outcome"])
                         if c not in columns and c != "propensity"]   # no propensity: an unknown logging policy
     text = text.with_columns([pl.lit(None, pl.String).alias(c) for c in sorted(wanted - columns)])
@@ -217,6 +218,7 @@ def _ref_validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datet
         _ref_parse_time("observed_at").alias("observed_at"),
         pl.col("outcome").str.strip_chars(),
         _ref_parse_number("revenue").alias("revenue"),
+        _ref_parse_number("share_kept").alias("share_kept"),
         pl.when(pl.col("model").is_in(list(specs))).then(pl.col("model")).alias("model"),
     ).unique(subset=["action_id", "observed_at", "outcome"], keep="first", maintain_order=True)
     rejects = pl.concat(rejected).select(pl.col(ROW).cast(pl.Int64).alias("row_number"),
@@ -243,7 +245,7 @@ def _ref_typed_actions(rows: pl.DataFrame, spec: ModelSpec) -> pl.DataFrame:
 
 def _ref_split_in_file_duplicates(good: pl.DataFrame, specs: dict[str, ModelSpec]) -> tuple[pl.DataFrame, pl.DataFrame, int]:
     """Identical repeats of an action are duplicates (kept once); differing repeats are all rejected."""
-    content = [c for c in good.columns if not c.startswith("__") and c not in ("outcome", "observed_at", "revenue")]
+    content = [c for c in good.columns if not c.startswith("__") and c not in ("outcome", "observed_at", "revenue", "share_kept")]
     keyed = good.with_columns(pl.struct(content).hash().alias("__content"))
     variants = pl.col("__content").n_unique().over("action_id")
     conflicts = keyed.filter(variants > 1).with_columns(
@@ -274,7 +276,7 @@ def _text_row(rng: random.Random, i: int) -> dict[str, str | None]:
             "language": "de", "customer_tier": "standard", "template_id": "ret_v1", "message_length": rng.choice(NUMBERS),
             "has_attachment": rng.choice(BOOLEANS), "observed_at": rng.choice(TIMES),
             "outcome": rng.choice(["lost", "converted", "accepted", "bogus", "", None]),
-            "revenue": rng.choice(["", None, "100", "-5", "abc", " 3100 "])}
+            "revenue": rng.choice(["", None, "100", "-5", "abc", " 3100 "]), "share_kept": rng.choice(NUMBERS)}
 
 
 def _typed_row(rng: random.Random, i: int) -> dict:
@@ -301,6 +303,7 @@ def _typed_row(rng: random.Random, i: int) -> dict:
             "customer_tier": "standard", "template_id": "ret_v1", "message_length": rng.choice([10, None]),
             "has_attachment": rng.choice([True, None]), "observed_at": when(),
             "outcome": rng.choice(["lost", "accepted", "bogus", None]), "revenue": rng.choice([None, 100.0, -5.0, 0.0, -0.0]),
+            "share_kept": number(),
             "extra_f32": rng.choice([1.5, None]), "extra_list": rng.choice([[1, 2], None]),
             "extra_naive": datetime(2026, 1, 1, rng.randint(0, 3))}
 
@@ -414,3 +417,17 @@ def test_a_batch_split_in_many_chunks_is_validated(specs):
     assert frame.n_chunks() == 10
     got = assert_same(frame, specs)
     assert got.rejected.height == 4 * 3
+
+
+def test_share_kept_is_optional_and_outside_0_1_is_quarantined(specs):
+    rows = pl.DataFrame({"action_id": ["e1", "e2", "e3", "e4", "e5"], "observed_at": "2026-01-20T09:00:00+01:00",
+                         "outcome": "edited", "model": "reply_acceptance",
+                         "share_kept": ["0.8", "", "1.3", "most", "-0.1"]})
+    got = assert_same(rows, specs)
+    assert got.outcomes["action_id"].to_list() == ["e1", "e2"]
+    assert got.outcomes["share_kept"].to_list() == [0.8, None]
+    assert got.rejected["reason"].to_list() == ["share_kept 1.3 is outside [0, 1]", "share_kept 'most' is not a number",
+                                                "share_kept -0.1 is outside [0, 1]"]
+    # Files without the column (every file before graded outcomes) read it as null.
+    older = validate_rows(rows.drop("share_kept"), specs, NOW)
+    assert older.outcomes["share_kept"].to_list() == [None] * 5 and older.rejected.is_empty()
