@@ -8,7 +8,7 @@ Settings are read once into an immutable object and passed down; nothing here is
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,12 +28,18 @@ DOCUMENTED = {
     "LOOP_API_FLUSH_SECONDS": ("10", "the scoring service moves its log into the store at least this often"),
     "LOOP_API_FLUSH_ROWS": ("50000", "... or as soon as this many rows wait in the log"),
     "LOOP_API_RELOAD_SECONDS": ("30", "how often the scoring service checks whether the champion alias moved"),
+    "LOOP_TASK_RUNNER": ("threads", ("where the CPU-heavy part of retraining runs, one task per model: `threads` "
+                                     "(the flow process) or `dask` (Dask worker processes)")),
+    "LOOP_DASK_ADDRESS": ("unset: a temporary local cluster", ("scheduler of an existing Dask cluster to use with "
+                                                               "`LOOP_TASK_RUNNER=dask`, e.g. tcp://10.0.0.5:8786")),
+    "LOOP_DASK_WORKERS": ("the number of cores", "worker processes (one thread each) of the temporary local Dask cluster"),
     "MLFLOW_TRACKING_URI": ("sqlite:///$LOOP_HOME/mlflow/mlflow.db", "MLflow tracking + registry backend"),
     "PREFECT_HOME": ("$LOOP_HOME/prefect", "Prefect's home (its SQLite DB when no server is set)"),
     "PREFECT_API_URL": ("unset: ephemeral local API", "a Prefect server, e.g. http://127.0.0.1:4200/api"),
 }
 
 DEMO_PSEUDONYM_KEY = "demo-only-pseudonym-key-change-me"
+TASK_RUNNERS = ("threads", "dask")
 
 
 class SettingsError(RuntimeError):
@@ -48,9 +54,12 @@ class Settings:
     inbox: Path
     mlflow_tracking_uri: str
     mlflow_artifact_root: Path
-    pseudonym_key_text: str | None
+    pseudonym_key_text: str | None = field(repr=False)  # a secret: kept out of reprs, logs and task parameters
     retention_months: int = 24
     vacuum_retention_hours: int = 168
+    task_runner: str = "threads"
+    dask_address: str | None = None
+    dask_workers: int = 1
 
     @property
     def pseudonym_key(self) -> bytes:
@@ -59,6 +68,14 @@ class Settings:
             raise SettingsError("LOOP_PSEUDONYM_KEY is not set: set it to a long random secret (keep it out of the repo); "
                                 "only `loop demo` runs without one, on a fixed demo key")
         return self.pseudonym_key_text.encode()
+
+    def for_workers(self) -> Settings:
+        """The settings a task on another process or machine gets: the same places, without the key.
+
+        Work shipped to task-runner workers reads stored rows, which are pseudonymised already;
+        only ingest and erasure need the key, and they run in the flow process.
+        """
+        return replace(self, pseudonym_key_text=None)
 
     @property
     def reports_dir(self) -> Path:
@@ -72,6 +89,9 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
         home = Path(env.get("LOOP_HOME", ".loop")).resolve()
+        task_runner = env.get("LOOP_TASK_RUNNER", "threads").strip().lower() or "threads"
+        if task_runner not in TASK_RUNNERS:
+            raise SettingsError(f"LOOP_TASK_RUNNER={task_runner!r}: use one of {', '.join(TASK_RUNNERS)}")
         return cls(
             home=home,
             store_uri=env.get("LOOP_STORE_URI", str(home / "store")),
@@ -82,6 +102,9 @@ class Settings:
             pseudonym_key_text=env.get("LOOP_PSEUDONYM_KEY") or None,
             retention_months=int(env.get("LOOP_RETENTION_MONTHS", "24")),
             vacuum_retention_hours=int(env.get("LOOP_VACUUM_RETENTION_HOURS", "168")),
+            task_runner=task_runner,
+            dask_address=env.get("LOOP_DASK_ADDRESS") or None,
+            dask_workers=int(env.get("LOOP_DASK_WORKERS") or os.cpu_count() or 1),
         )
 
 
