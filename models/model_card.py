@@ -41,12 +41,24 @@ def _day_bootstrap(days: np.ndarray, labels: np.ndarray, scores: np.ndarray, thr
             for k, v in draws.items()}
 
 
-def model_card(spec: ModelSpec, trained: TrainedModel, test: pl.DataFrame, lineage: dict, version: str | None = None) -> str:
-    """Markdown for the registry and the run's artifacts. ``test`` is the test slice (``decided_at``, ``label``)."""
+def _days(test: pl.DataFrame) -> np.ndarray:
+    return test.get_column("decided_at").dt.date().cast(pl.Int32).to_numpy()
+
+
+def card_intervals(spec: ModelSpec, trained: TrainedModel, test: pl.DataFrame) -> dict[str, tuple[float, float]]:
+    """The card's day-block bootstrap intervals: its only costly part, computed where the model was trained."""
+    return _day_bootstrap(_days(test), trained.test_labels.astype(int), trained.test_scores, trained.threshold.threshold,
+                          spec.training.seed)
+
+
+def model_card(spec: ModelSpec, trained: TrainedModel, test: pl.DataFrame, lineage: dict, version: str | None = None,
+               intervals: dict[str, tuple[float, float]] | None = None) -> str:
+    """Markdown for the registry and the run's artifacts. ``test`` is the test slice (``decided_at``, ``label``);
+    ``intervals`` from ``card_intervals`` if already computed."""
     labels, scores = trained.test_labels.astype(int), trained.test_scores
     threshold = trained.threshold.threshold
-    days = test.get_column("decided_at").dt.date().cast(pl.Int32).to_numpy()
-    intervals = _day_bootstrap(days, labels, scores, threshold, spec.training.seed)
+    days = _days(test)
+    intervals = intervals if intervals is not None else card_intervals(spec, trained, test)
     positive = scores >= threshold
     hit_rate = float(labels[positive].mean()) if positive.any() else float("nan")
     metrics = trained.test_metrics
