@@ -8,7 +8,7 @@ Settings are read once into an immutable object and passed down; nothing here is
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +33,11 @@ DOCUMENTED = {
     "LOOP_EVIDENTLY_WORKSPACE": ("$LOOP_HOME/evidently", "Evidently workspace: drift and weekly KPI snapshots, one project and dashboard per model"),
     "LOOP_MLFLOW_UI_URL": ("http://127.0.0.1:5000", "MLflow UI address the links in Prefect artifacts point to"),
     "LOOP_EVIDENTLY_UI_URL": ("http://127.0.0.1:8085", "Evidently UI address the links in Prefect artifacts point to"),
+    "LOOP_TASK_RUNNER": ("threads", ("where the CPU-heavy part of retraining runs, one task per model: `threads` "
+                                     "(the flow process) or `dask` (Dask worker processes)")),
+    "LOOP_DASK_ADDRESS": ("unset: a temporary local cluster", ("scheduler of an existing Dask cluster to use with "
+                                                               "`LOOP_TASK_RUNNER=dask`, e.g. tcp://10.0.0.5:8786")),
+    "LOOP_DASK_WORKERS": ("the number of cores", "worker processes (one thread each) of the temporary local Dask cluster"),
     "MLFLOW_TRACKING_URI": ("sqlite:///$LOOP_HOME/mlflow/mlflow.db", "MLflow tracking + registry backend"),
     "PREFECT_HOME": ("$LOOP_HOME/prefect", "Prefect's home (its SQLite DB when no server is set)"),
     "PREFECT_API_URL": ("unset: ephemeral local API", "a Prefect server, e.g. http://127.0.0.1:4200/api"),
@@ -94,6 +99,7 @@ PRODUCTION = {
 }
 
 DEMO_PSEUDONYM_KEY = "demo-only-pseudonym-key-change-me"
+TASK_RUNNERS = ("threads", "dask")
 
 
 class SettingsError(RuntimeError):
@@ -108,12 +114,15 @@ class Settings:
     inbox: Path
     mlflow_tracking_uri: str
     mlflow_artifact_root: Path
-    pseudonym_key_text: str | None
+    pseudonym_key_text: str | None = field(repr=False)  # a secret: kept out of reprs, logs and task parameters
     retention_months: int = 24
     vacuum_retention_hours: int = 168
     evidently_workspace: Path | None = None     # None: $LOOP_HOME/evidently
     mlflow_ui_url: str = "http://127.0.0.1:5000"
     evidently_ui_url: str = "http://127.0.0.1:8085"
+    task_runner: str = "threads"
+    dask_address: str | None = None
+    dask_workers: int = 1
 
     @property
     def pseudonym_key(self) -> bytes:
@@ -122,6 +131,14 @@ class Settings:
             raise SettingsError("LOOP_PSEUDONYM_KEY is not set: set it to a long random secret (keep it out of the repo); "
                                 "only `loop demo` runs without one, on a fixed demo key")
         return self.pseudonym_key_text.encode()
+
+    def for_workers(self) -> Settings:
+        """The settings a task on another process or machine gets: the same places, without the key.
+
+        Work shipped to task-runner workers reads stored rows, which are pseudonymised already;
+        only ingest and erasure need the key, and they run in the flow process.
+        """
+        return replace(self, pseudonym_key_text=None)
 
     @property
     def reports_dir(self) -> Path:
@@ -139,6 +156,9 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
         home = Path(env.get("LOOP_HOME", ".loop")).resolve()
+        task_runner = env.get("LOOP_TASK_RUNNER", "threads").strip().lower() or "threads"
+        if task_runner not in TASK_RUNNERS:
+            raise SettingsError(f"LOOP_TASK_RUNNER={task_runner!r}: use one of {', '.join(TASK_RUNNERS)}")
         return cls(
             home=home,
             store_uri=env.get("LOOP_STORE_URI", str(home / "store")),
@@ -152,6 +172,9 @@ class Settings:
             evidently_workspace=Path(env["LOOP_EVIDENTLY_WORKSPACE"]) if env.get("LOOP_EVIDENTLY_WORKSPACE") else None,
             mlflow_ui_url=env.get("LOOP_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/"),
             evidently_ui_url=env.get("LOOP_EVIDENTLY_UI_URL", "http://127.0.0.1:8085").rstrip("/"),
+            task_runner=task_runner,
+            dask_address=env.get("LOOP_DASK_ADDRESS") or None,
+            dask_workers=int(env.get("LOOP_DASK_WORKERS") or os.cpu_count() or 1),
         )
 
 

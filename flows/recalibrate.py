@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 from prefect import flow, task
@@ -10,11 +11,13 @@ from prefect.cache_policies import NO_CACHE
 
 from features.clock import iso_week, resolve_as_of
 from features.training_set import NotEnoughData
-from flows.retrain import load_training_set, register_and_promote
+from features.windows import labelled_frame, training_lineage
+from flows.retrain import register_and_promote
 from flows.runtime import Runtime
 from models.recalibrate import Recalibration, lineage_tags, recalibrate_champion
 from models.registry import CHAMPION
 from models.report import retrain_summary
+from models.retraining import Challenger, package_challenger
 
 
 def _run_name() -> str:
@@ -22,6 +25,21 @@ def _run_name() -> str:
 
     params = flow_run.parameters
     return f"recalibrate-{params['model']}-{iso_week(resolve_as_of(params.get('as_of')))}"
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def load_training_set(model: str, as_of: datetime):
+    runtime = Runtime.from_env()
+    spec = runtime.spec(model)
+    labelled = labelled_frame(runtime.store, spec, as_of)
+    return labelled, training_lineage(runtime.store, spec, labelled, as_of)
+
+
+@task(cache_policy=NO_CACHE)
+def compare_recalibrated(model: str, result: Recalibration, lineage: dict, as_of: datetime) -> Challenger:
+    runtime = Runtime.from_env()
+    return package_challenger(runtime.store, runtime.registry, runtime.spec(model), as_of, result.split, result.trained,
+                              lineage, started=time.perf_counter())
 
 
 @task(cache_policy=NO_CACHE)
@@ -59,8 +77,8 @@ def recalibrate_flow(model: str, as_of: datetime | None = None) -> dict:
                    "model": model, "week": week}
         create_markdown_artifact(markdown=f"# Recalibration `{model}`, {week}\n\n{result.check.reason}", key=key)
         return outcome
-    outcome = register_and_promote(model, result.split, result.trained,
-                                   {**lineage, "recalibrated_from": tags["recalibrated_from"]}, week, as_of, tags)
+    challenger = compare_recalibrated(model, result, {**lineage, "recalibrated_from": tags["recalibrated_from"]}, as_of)
+    outcome = register_and_promote(challenger, week, as_of, tags)
     outcome |= {"status": "recalibrated", "check": result.check.as_dict(), "recalibration_reason": result.check.reason}
     create_markdown_artifact(markdown=retrain_summary(model, week, outcome), key=key,
                              description=f"{model} {week}: recalibrated, {outcome['event']}")

@@ -9,12 +9,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from features.clock import iso_week, resolve_as_of
+from features.settings import Settings
 from flows.ingest import ingest_inbox_task
 from flows.monitor import monitor_flow
 from flows.recalibrate import recalibrate_flow
-from flows.retrain import retrain_flow
+from flows.retrain import retrain_flow, train_challenger
 from features.weeks import claim_week, finish_week
-from flows.runtime import Runtime
+from flows.runtime import Runtime, task_runner
 from models.registry import training_as_of
 from models.report import cycle_summary, kpi_rows, mlflow_run_url
 
@@ -55,14 +56,24 @@ def training_links(runs: dict[str, str]) -> dict[str, str]:
             for model, run in runs.items()}
 
 
-@flow(name="self-optimise", flow_run_name=_run_name)
+@flow(name="self-optimise", flow_run_name=_run_name, task_runner=task_runner(Settings.from_env()))
 def self_optimise_flow(as_of: datetime | None = None, inbox: str | None = None, models: list[str] | None = None) -> dict:
+    """Ingest, then per model: claim the week, monitor, and retrain when due or drifted (else maybe recalibrate).
+
+    The retrainings' CPU-heavy halves (training set, fit, comparison with the champion) are submitted
+    to the task runner together, so with ``LOOP_TASK_RUNNER=dask`` they run side by side on Dask
+    workers; each model's registration, gates and audit then run here, as its ``retrain`` sub-flow.
+    A model that fails is recorded as failed for the week and the others still finish; the run then
+    fails with the first error.
+    """
     as_of = resolve_as_of(as_of)
     runtime = Runtime.from_env()
     week = iso_week(as_of)
     ingested = ingest_inbox_task(inbox, as_of)
     results = {"week": week, "ingest": ingested.as_dict(), "models": {}}
     rows = []
+    errors: dict[str, Exception] = {}
+    planned: dict[str, tuple[dict, str | None]] = {}
     for model in models or list(runtime.specs):
         claimed, found = claim(model, week, as_of)
         if not claimed:  # a second start of the same week (redeploy, backlog): the work is done or under way
@@ -74,18 +85,28 @@ def self_optimise_flow(as_of: datetime | None = None, inbox: str | None = None, 
             # This cycle retrains itself when the trigger fires: no event, or the automation would start a second run.
             drift = monitor_flow(model, as_of, emit_trigger=False)
             due = retraining_due(last_trained(model), as_of, runtime.spec(model).training.retrain_every_weeks)
-            triggered = (drift.get("trigger") or {}).get("triggered", False)
-            reason = "trigger" if triggered else ("schedule" if due else None)
+        except Exception as exc:  # noqa: BLE001 - any failure: this model's week is failed, the others still run
+            errors[model] = _failed(model, week, as_of, exc, rows)
+            continue
+        triggered = (drift.get("trigger") or {}).get("triggered", False)
+        planned[model] = (drift, "trigger" if triggered else ("schedule" if due else None))
+
+    workers = runtime.settings.for_workers()
+    training = {model: train_challenger.submit(workers, runtime.specs, model, as_of)
+                for model, (_, reason) in planned.items() if reason}
+    for model, (drift, reason) in planned.items():
+        try:
             if reason:
-                retrain = retrain_flow(model, as_of)
+                training[model].result()  # waits; raises the task's exception if the training failed
+                retrain = retrain_flow(model, as_of, challenger=training[model])
             else:
                 # Between retrainings a champion whose scores drifted off while it still ranks well is recalibrated.
                 retrain = recalibrate_flow(model, as_of)
                 reason = "recalibration" if retrain["status"] == "recalibrated" else None
                 retrain = retrain if reason else {"status": "not_due", "recalibration": retrain.get("reason")}
-        except Exception as exc:
-            finish(model, week, "failed", as_of, f"{type(exc).__name__}: {exc}")
-            raise
+        except Exception as exc:  # noqa: BLE001 - as above
+            errors[model] = _failed(model, week, as_of, exc, rows)
+            continue
         finish(model, week, "awaiting_approval" if retrain.get("event") == "awaiting_approval" else "done", as_of,
                retrain.get("event", retrain["status"]))
         results["models"][model] = {"drift": drift, "retrain": retrain, "retrain_reason": reason}
@@ -102,4 +123,15 @@ def self_optimise_flow(as_of: datetime | None = None, inbox: str | None = None, 
             for row in kpi_rows(specs[m], ((r["drift"] or {}).get("kpis") or {}).get("weeks", []))]
     if kpis:
         create_table_artifact(table=kpis, key="weekly-kpis", description=f"weekly cycle {week}: KPIs of the last weeks")
+    if errors:
+        raise next(iter(errors.values()))
     return results
+
+
+def _failed(model: str, week: str, as_of: datetime, exc: Exception, rows: list[dict]) -> Exception:
+    """Record a model's week as failed (a later run may retry it) and keep the error for the end of the run."""
+    detail = f"{type(exc).__name__}: {exc}"
+    finish(model, week, "failed", as_of, detail)
+    rows.append({"model": model, "drift": None, "drifted": "", "guard": None, "safe_mode": "", "retrained": "?",
+                 "version": None, "decision": f"failed: {detail}"})
+    return exc

@@ -43,13 +43,25 @@ def _day_bootstrap(days: np.ndarray, labels: np.ndarray, scores: np.ndarray, dec
             for k, v in draws.items()}
 
 
-def model_card(spec: ModelSpec, trained: TrainedModel, test: pl.DataFrame, lineage: dict, version: str | None = None) -> str:
-    """Markdown for the registry and the run's artifacts. ``test`` is the test slice (``decided_at``, ``label``)."""
-    labels, scores = np.asarray(trained.test_labels, float), trained.test_scores
+def _days(test: pl.DataFrame) -> np.ndarray:
+    return test.get_column("decided_at").dt.date().cast(pl.Int32).to_numpy()
+
+
+def card_intervals(spec: ModelSpec, trained: TrainedModel, test: pl.DataFrame) -> dict[str, tuple[float, float]]:
+    """The card's day-block bootstrap intervals: its only costly part, computed where the model was trained."""
+    return _day_bootstrap(_days(test), np.asarray(trained.test_labels, float), trained.test_scores, trained.policy_scores,
+                          trained.thresholds.for_rows(test), spec.training.seed)
+
+
+def model_card(spec: ModelSpec, trained: TrainedModel, test: pl.DataFrame, lineage: dict, version: str | None = None,
+               intervals: dict[str, tuple[float, float]] | None = None) -> str:
+    """Markdown for the registry and the run's artifacts. ``test`` is the test slice (``decided_at``, ``label``,
+    the segment column); ``intervals`` from ``card_intervals`` if already computed."""
+    labels = np.asarray(trained.test_labels, float)
     threshold = trained.threshold.threshold
     row_thresholds = trained.thresholds.for_rows(test)
-    days = test.get_column("decided_at").dt.date().cast(pl.Int32).to_numpy()
-    intervals = _day_bootstrap(days, labels, scores, trained.policy_scores, row_thresholds, spec.training.seed)
+    days = _days(test)
+    intervals = intervals if intervals is not None else card_intervals(spec, trained, test)
     positive = trained.policy_scores >= row_thresholds
     hit_rate = float(labels[positive].mean()) if positive.any() else float("nan")
     metrics = trained.test_metrics

@@ -25,6 +25,11 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 PIP_REQUIREMENTS = ["scikit-learn==1.9.1", "cloudpickle", "pandas<3.1", "numpy"]
 
 
+def threshold_tag(threshold: float) -> str:
+    """The threshold as a version carries it (and the scoring service decides with it)."""
+    return f"{threshold:.6f}"
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     name: str
@@ -110,7 +115,7 @@ class Registry:
             )
             version = str(info.registered_model_version)
         self.tag_version(spec.name, version, {
-            "threshold": f"{trained.threshold.threshold:.6f}",
+            "threshold": threshold_tag(trained.threshold.threshold),
             "objective": spec.objective.kind,
             "objective_value_per_week": f"{trained.threshold.objective_value:.2f}",
             "threshold_reason": trained.threshold.reason,

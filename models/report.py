@@ -39,6 +39,11 @@ def retrain_summary(model: str, week: str, outcome: dict[str, Any]) -> str:
         f"Training set: {outcome['rows']} mature labelled rows up to {outcome['as_of']} "
         f"(fit {outcome['split']['fit_rows']}, calibration {outcome['split']['calibration_rows']}, "
         f"test {outcome['split']['test_rows']}); spec hash `{outcome['spec_hash']}`; MLflow run `{outcome['run_id']}`.", "",
+    ]
+    if outcome.get("trained_on"):
+        lines += [(f"Training set, fit and comparison with the champion: {outcome['train_seconds']:.1f} s on "
+                   f"{outcome['trained_on']}."), ""]
+    lines += [
         "## Challenger vs champion on the same most recent labelled rows", "",
         markdown_table(outcome["comparison"]),
     ]
