@@ -368,13 +368,23 @@ def validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datetime, 
                 # ROW travels with each action, so a later rejection (a conflict with the store) can name its line.
                 actions[name] = work.lazy().filter(keep).select(*outputs[name], pl.col(ROW).cast(pl.Int64)).collect()
     outcome_rows = work.lazy().filter(pl.lit(good) & has_outcome) if has_outcomes else work.clear().lazy()
-    outcomes = outcome_rows.select(outcome_exprs).collect().unique(
-        subset=["action_id", "observed_at", "outcome"], keep="first", maintain_order=True)
+    outcomes = _first_of_each_key(outcome_rows.select(outcome_exprs).collect(), ["action_id", "observed_at", "outcome"])
     rejects = pl.concat(rejected).select(pl.col(ROW).cast(pl.Int64).alias("row_number"), pl.col("__reason").alias("reason"))
     positions = (rejects["row_number"] - first_row_number).cast(pl.UInt64)
     raw = as_text(df.select(pl.all().gather(positions))).select(pl.struct(df.columns).struct.json_encode().alias("raw"))
     rejects = pl.concat([rejects, raw], how="horizontal")
     return Validated(actions, outcomes, rejects.sort("row_number"), df.height, duplicates)
+
+
+def _first_of_each_key(rows: pl.DataFrame, key: list[str]) -> pl.DataFrame:
+    """``rows.unique(subset=key, keep="first", maintain_order=True)``; the key starts with action_id.
+
+    Only rows whose action_id repeats can repeat the key, so only those (usually few) are compared:
+    hashing every row's whole key cost more than the rest of the validation of outcomes.
+    """
+    repeats = rows.select(pl.int_range(pl.len()).alias("__pos"), *key).filter(pl.col(key[0]).is_duplicated())
+    later = repeats.filter(~pl.struct(key).is_first_distinct()).get_column("__pos")
+    return rows.filter(~pl.int_range(pl.len()).is_in(later.implode())) if later.len() else rows
 
 
 def _reasons(suspects: pl.DataFrame, checks: list[Check], typed: set[str]) -> pl.DataFrame:
