@@ -15,8 +15,10 @@ import io
 import os
 import shutil
 import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain
@@ -151,18 +153,36 @@ class KnownKeys:
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
-        self._actions: dict[str, KeyIndex] = {}
-        self._outcomes: KeyIndex | None = None
+        self._loading: dict[str, Future[KeyIndex]] = {}
+
+    def prefetch(self, batch: pl.DataFrame) -> None:
+        """Start reading the indexes the first batch's rows will need, so that happens while it is checked."""
+        if self._loading:
+            return
+        if "decided_at" in batch.columns and "model" in batch.columns:
+            for model in set(batch.get_column("model").cast(pl.String).unique().drop_nulls().to_list()) & set(self.store.specs):
+                self._load(f"actions/{model}", lambda model=model: self.store.action_index(model))
+        if "outcome" in batch.columns:
+            self._load("outcomes", self.store.outcome_index)
+
+    def _load(self, name: str, read: Callable[[], KeyIndex]) -> Future[KeyIndex]:
+        if name not in self._loading:
+            # A thread of its own: reading and sorting run in polars and numpy, outside the GIL.
+            future: Future[KeyIndex] = Future()
+            def run() -> None:
+                try:
+                    future.set_result(read())
+                except BaseException as exc:  # noqa: BLE001 - raised where the index is used
+                    future.set_exception(exc)
+            threading.Thread(target=run, name=f"index {name}", daemon=True).start()
+            self._loading[name] = future
+        return self._loading[name]
 
     def actions(self, model: str) -> KeyIndex:
-        if model not in self._actions:
-            self._actions[model] = self.store.action_index(model)
-        return self._actions[model]
+        return self._load(f"actions/{model}", lambda: self.store.action_index(model)).result()
 
     def outcomes(self) -> KeyIndex:
-        if self._outcomes is None:
-            self._outcomes = self.store.outcome_index()
-        return self._outcomes
+        return self._load("outcomes", self.store.outcome_index).result()
 
     def models_of(self, action_ids: pl.Series) -> pl.DataFrame:
         """action_id -> model for the given ids that are stored."""
@@ -388,6 +408,7 @@ def ingest_batches(batches: Iterable[tuple[pl.DataFrame, int]], source: str, dig
     known, held, appends = KnownKeys(store), _Held(), _Appends(store)
     try:
         for batch, first_row in batches:
+            known.prefetch(batch)
             rejected += _store_batch(batch, first_row, source, store, clock, key, ingest_id, report, known, held,
                                      appends)
         appends.close()
