@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 
@@ -41,6 +42,7 @@ from features.store import (
 )
 from features.validate import ROW, FileRejected, as_text, validate_rows
 
+T = TypeVar("T")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 # Rows per batch when reading a file: memory grows with it (polars reads a few batches ahead).
 BATCH_ROWS = int(os.environ.get("LOOP_INGEST_BATCH_ROWS", "200000"))
@@ -123,13 +125,16 @@ def read_batches(path: Path, batch_rows: int | None = None) -> Iterator[tuple[pl
             header = pl.read_csv(path, infer_schema=False, n_rows=0)
             if header.width == 1 and any(sep in header.columns[0] for sep in (";", "\t", "|")):
                 raise FileRejected(f"one column '{header.columns[0][:60]}': the delimiter is not ',' (use comma-separated CSV)")
-            lazy = pl.scan_csv(path, infer_schema=False)
+            frames = pl.scan_csv(path, infer_schema=False).collect_batches(chunk_size=batch_rows)
         elif kind == "parquet":
-            lazy = pl.scan_parquet(path)
+            # One slice at a time: the streaming reader behind collect_batches reads ahead of a slow
+            # consumer, and held most of a 5M-row file in memory.
+            rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+            frames = (pl.scan_parquet(path).slice(start, batch_rows).collect() for start in range(0, rows, batch_rows))
         else:
-            lazy = pl.read_ndjson(path, infer_schema_length=None).lazy()
+            frames = pl.read_ndjson(path, infer_schema_length=None).lazy().collect_batches(chunk_size=batch_rows)
         empty = True
-        for batch in lazy.collect_batches(chunk_size=batch_rows):
+        for batch in frames:
             if batch.height:
                 empty = False
                 yield batch.rechunk(), first
@@ -140,6 +145,20 @@ def read_batches(path: Path, batch_rows: int | None = None) -> Iterator[tuple[pl
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure means the file is unreadable
         raise FileRejected(f"cannot parse as {kind}: {exc}") from None
+
+
+def _in_background(work: Callable[[], T], name: str) -> Future[T]:
+    """Run ``work`` in a thread of its own; its result (or exception) comes from the future."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # noqa: BLE001 - raised where the result is used
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 class KnownKeys:
@@ -168,14 +187,7 @@ class KnownKeys:
     def _load(self, name: str, read: Callable[[], KeyIndex]) -> Future[KeyIndex]:
         if name not in self._loading:
             # A thread of its own: reading and sorting run in polars and numpy, outside the GIL.
-            future: Future[KeyIndex] = Future()
-            def run() -> None:
-                try:
-                    future.set_result(read())
-                except BaseException as exc:  # noqa: BLE001 - raised where the index is used
-                    future.set_exception(exc)
-            threading.Thread(target=run, name=f"index {name}", daemon=True).start()
-            self._loading[name] = future
+            self._loading[name] = _in_background(read, f"index {name}")
         return self._loading[name]
 
     def actions(self, model: str) -> KeyIndex:
@@ -383,21 +395,35 @@ def _quarantine(rejected: pl.DataFrame, source: str, digest: str, store: EventSt
 def ingest_file(path: Path, store: EventStore, clock: Clock, key: bytes) -> IngestReport:
     """Ingest one file as one atomic, idempotent unit. The caller holds ``store.writer()``."""
     source = str(path)
+    # Hashing (and for text, checking) the whole file takes a while for a large CSV: it runs while
+    # the file is read and stored, and only has to succeed before the ingest commits.
+    checked = _in_background(lambda: _file_digest_and_check(path, text=SUFFIXES.get(path.suffix.lower()) != "parquet"),
+                             f"digest {path.name}")
     try:
-        digest = _file_digest_and_check(path, text=SUFFIXES.get(path.suffix.lower()) != "parquet")
         batches = read_batches(path)
         first_batch = next(batches)
     except FileRejected as exc:
-        return IngestReport(files=1, failed_files=[(source, str(exc))])
-    return ingest_batches(chain([first_batch], batches), source, digest, store, clock, key)
+        return IngestReport(files=1, failed_files=[(source, _reason(exc, checked.result))])
+    return ingest_batches(chain([first_batch], batches), source, checked.result, store, clock, key)
 
 
-def ingest_batches(batches: Iterable[tuple[pl.DataFrame, int]], source: str, digest: str, store: EventStore,
-                   clock: Clock, key: bytes) -> IngestReport:
+def _reason(exc: Exception, check: Callable[[], str] | str) -> str:
+    """Why a file failed: what the whole-file check says (not UTF-8, empty) if it fails, else ``exc``."""
+    if callable(check) and isinstance(exc, FileRejected):
+        try:
+            check()
+        except FileRejected as failed:
+            return str(failed)
+    return str(exc)
+
+
+def ingest_batches(batches: Iterable[tuple[pl.DataFrame, int]], source: str, digest: str | Callable[[], str],
+                   store: EventStore, clock: Clock, key: bytes) -> IngestReport:
     """Ingest (rows, first row number) batches of one source as one atomic, idempotent unit.
 
     The ledger entry 'started' comes first and 'complete' last, so readers see all of the
-    source or none of it. ``digest`` identifies the content (quarantine ids derive from it).
+    source or none of it. ``digest`` identifies the content (quarantine ids derive from it); a
+    function giving it (or raising FileRejected) is called once the batches are read.
     The caller holds ``store.writer()``.
     """
     report = IngestReport(files=1)
@@ -411,18 +437,19 @@ def ingest_batches(batches: Iterable[tuple[pl.DataFrame, int]], source: str, dig
             known.prefetch(batch)
             rejected += _store_batch(batch, first_row, source, store, clock, key, ingest_id, report, known, held,
                                      appends)
+        content = digest() if callable(digest) else digest
         appends.close()
         rejected += _settle(store, known, held, report)
     except (FileRejected, SchemaConflict) as exc:
         # Unreadable later batch, or a column whose type changed: the ledger never completes this
         # ingest, so nothing of it becomes visible, and the next writer removes what it wrote.
         appends.abort()
-        report.failed_files.append((source, str(exc)))
+        report.failed_files.append((source, _reason(exc, digest)))
         return report
     except BaseException:
         appends.abort()
         raise
-    report.quarantined = _quarantine(pl.concat(rejected), source, digest, store, clock, ingest_id)
+    report.quarantined = _quarantine(pl.concat(rejected), source, content, store, clock, ingest_id)
     crash_point("quarantine")
     store.record_ingest(ingest_id, "complete", clock.now(), source, report.as_dict())
     crash_point("complete")
