@@ -264,9 +264,10 @@ class StageTimer:
     """
 
     MODULE_FUNCS = ["_file_digest_and_check", "read_events", "read_batches", "validate_rows", "pseudonymise",
-                    "_conflicts_with_store"]
-    STORE_METHODS = ["append_actions", "insert_outcomes", "insert_quarantine", "record_ingest", "recover"]
-    CACHE_METHODS = [("KnownActions", "candidates", "known_action_ids")]
+                    "_conflicts_with_store", "_settle"]
+    STORE_METHODS = ["append_actions", "insert_outcomes", "append_outcomes", "insert_quarantine", "record_ingest",
+                     "recover", "action_index", "outcome_index"]
+    CACHE_METHODS = [("KnownActions", "candidates", "known_action_ids"), ("KeyIndex", "contains", "key_lookups")]
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -468,10 +469,11 @@ def pandas_ingest(path: Path, store_uri: Path, specs) -> tuple[float, dict]:
     actions = good.drop_duplicates(subset="action_id")[list(action_schema)]
     outcomes = good[good["outcome"].notna() & (good["outcome"] != "")].drop_duplicates(
         subset=["action_id", "observed_at", "outcome"])[list(outcome_schema)]
+    # schema_mode merge: the store's tables may have columns of their own (e.g. key hashes) it does not write.
     write_deltalake(str(store_uri / "actions" / MODEL), pa.Table.from_pandas(actions, preserve_index=False,
-                    schema=pl.DataFrame(schema=action_schema).to_arrow().schema), mode="append")
+                    schema=pl.DataFrame(schema=action_schema).to_arrow().schema), mode="append", schema_mode="merge")
     write_deltalake(str(store_uri / "outcomes"), pa.Table.from_pandas(outcomes, preserve_index=False,
-                    schema=pl.DataFrame(schema=outcome_schema).to_arrow().schema), mode="append")
+                    schema=pl.DataFrame(schema=outcome_schema).to_arrow().schema), mode="append", schema_mode="merge")
     quarantine = pd.DataFrame({"reason": bad.index.astype(str) + ": " + reasons[reasons != ""]})
     write_deltalake(str(store_uri / "quarantine_pandas"), quarantine, mode="append")
     seconds = time.perf_counter() - t0

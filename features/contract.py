@@ -72,6 +72,13 @@ LEDGER_SCHEMA: dict[str, pl.DataType] = {
     "counts": pl.String(),       # JSON: rows read, stored, duplicates, quarantined
 }
 
+# Hashes the store keeps next to each row (layout 3) so a writer can tell new rows from stored ones
+# by reading integer columns instead of the keys and contents; readers never see them. id_hash:
+# xxh3 of action_id; content_hash: of an action's content; key_hash and key_check: of an outcome's
+# key (OUTCOME_KEY) with two seeds. How each is computed: features/store.py.
+ACTION_INDEX_SCHEMA: dict[str, pl.DataType] = {"id_hash": pl.Int64(), "content_hash": pl.Int64()}
+OUTCOME_INDEX_SCHEMA: dict[str, pl.DataType] = {"key_hash": pl.Int64(), "key_check": pl.Int64()}
+
 OUTCOME_KEY = ["action_id", "observed_at", "outcome"]
 REQUIRED_OUTCOME_COLUMNS = ["action_id", "observed_at", "outcome"]
 

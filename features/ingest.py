@@ -15,20 +15,34 @@ import io
 import os
 import shutil
 import signal
+import threading
 import uuid
-from itertools import chain
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import chain
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 
 from features.clock import Clock
-from features.contract import ACTION_SCHEMA, UTC_TIME, feature_schema
+from features.contract import OUTCOME_KEY, UTC_TIME, action_table_schema
 from features.pseudonymise import pseudonymise
-from features.store import EventStore, SchemaConflict
+from features.store import (
+    EventStore,
+    KeyIndex,
+    SchemaConflict,
+    TableStream,
+    action_content,
+    action_id_hash,
+    with_action_index,
+    with_outcome_index,
+)
 from features.validate import ROW, FileRejected, as_text, validate_rows
 
+T = TypeVar("T")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 # Rows per batch when reading a file: memory grows with it (polars reads a few batches ahead).
 BATCH_ROWS = int(os.environ.get("LOOP_INGEST_BATCH_ROWS", "200000"))
@@ -45,7 +59,7 @@ class IngestReport:
     quarantined: int = 0
     failed_files: list[tuple[str, str]] = field(default_factory=list)
 
-    def add(self, other: "IngestReport") -> None:
+    def add(self, other: IngestReport) -> None:
         for name in ("files", "rows_read", "actions_stored", "outcomes_stored", "duplicates", "quarantined"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.failed_files += other.failed_files
@@ -111,13 +125,16 @@ def read_batches(path: Path, batch_rows: int | None = None) -> Iterator[tuple[pl
             header = pl.read_csv(path, infer_schema=False, n_rows=0)
             if header.width == 1 and any(sep in header.columns[0] for sep in (";", "\t", "|")):
                 raise FileRejected(f"one column '{header.columns[0][:60]}': the delimiter is not ',' (use comma-separated CSV)")
-            lazy = pl.scan_csv(path, infer_schema=False)
+            frames = pl.scan_csv(path, infer_schema=False).collect_batches(chunk_size=batch_rows)
         elif kind == "parquet":
-            lazy = pl.scan_parquet(path)
+            # One slice at a time: the streaming reader behind collect_batches reads ahead of a slow
+            # consumer, and held most of a 5M-row file in memory.
+            rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+            frames = (pl.scan_parquet(path).slice(start, batch_rows).collect() for start in range(0, rows, batch_rows))
         else:
-            lazy = pl.read_ndjson(path, infer_schema_length=None).lazy()
+            frames = pl.read_ndjson(path, infer_schema_length=None).lazy().collect_batches(chunk_size=batch_rows)
         empty = True
-        for batch in lazy.collect_batches(chunk_size=batch_rows):
+        for batch in frames:
             if batch.height:
                 empty = False
                 yield batch.rechunk(), first
@@ -130,70 +147,132 @@ def read_batches(path: Path, batch_rows: int | None = None) -> Iterator[tuple[pl
         raise FileRejected(f"cannot parse as {kind}: {exc}") from None
 
 
-class KnownActions:
-    """Action ids already stored, per model: read once per ingest, then kept up to date as it appends.
+def _in_background(work: Callable[[], T], name: str) -> Future[T]:
+    """Run ``work`` in a thread of its own; its result (or exception) comes from the future."""
+    future: Future[T] = Future()
 
-    Held as 64-bit hashes of the ids (this process only), because joining 500k ids against 10M
-    strings per batch cost more than everything else in the check. A hash match only makes a row
-    a candidate; the real action_id decides, so a collision costs one lookup, never a lost row.
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # noqa: BLE001 - raised where the result is used
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+class KnownKeys:
+    """What the store holds, for one ingest: action ids per model and outcome keys, as hash indexes.
+
+    Each is read once per ingest (one integer column of the table, not the keys) and kept up to
+    date as the ingest appends, so later batches see the rows of earlier ones. A row whose hash
+    is not in the index is new for certain; one whose hash is in it is held for ``_settle``,
+    which compares the real keys, so a hash collision costs one comparison, never a lost row.
     """
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
-        self._hashes: dict[str, list[pl.Series]] = {}
+        self._loading: dict[str, Future[KeyIndex]] = {}
 
-    def _of(self, model: str) -> list[pl.Series]:
-        if model not in self._hashes:
-            ids = self.store.scan_all_actions(model).select(pl.col("action_id").hash().alias("h")).collect()
-            self._hashes[model] = [ids.get_column("h")]
-        return self._hashes[model]
+    def prefetch(self, batch: pl.DataFrame) -> None:
+        """Start reading the indexes the first batch's rows will need, so that happens while it is checked."""
+        if self._loading:
+            return
+        if "decided_at" in batch.columns and "model" in batch.columns:
+            for model in set(batch.get_column("model").cast(pl.String).unique().drop_nulls().to_list()) & set(self.store.specs):
+                self._load(f"actions/{model}", lambda model=model: self.store.action_index(model))
+        if "outcome" in batch.columns:
+            self._load("outcomes", self.store.outcome_index)
 
-    def candidates(self, model: str, action_ids: pl.Series) -> pl.Series:
-        """The given ids that may be stored already (all stored ones are among them)."""
-        probe = action_ids.to_frame("action_id").with_columns(pl.col("action_id").hash().alias("h"))
-        # Build the join's hash table on the batch and stream the stored hashes past it, not the reverse.
-        hits = pl.concat(self._of(model), rechunk=False).to_frame("h").join(probe.select("h"), on="h", how="semi")
-        return probe.filter(pl.col("h").is_in(hits.get_column("h").implode())).get_column("action_id").unique()
+    def _load(self, name: str, read: Callable[[], KeyIndex]) -> Future[KeyIndex]:
+        if name not in self._loading:
+            # A thread of its own: reading and sorting run in polars and numpy, outside the GIL.
+            self._loading[name] = _in_background(read, f"index {name}")
+        return self._loading[name]
 
-    def add(self, model: str, action_ids: pl.Series) -> None:
-        self._of(model).append(action_ids.hash())
+    def actions(self, model: str) -> KeyIndex:
+        return self._load(f"actions/{model}", lambda: self.store.action_index(model)).result()
+
+    def outcomes(self) -> KeyIndex:
+        return self._load("outcomes", self.store.outcome_index).result()
 
     def models_of(self, action_ids: pl.Series) -> pl.DataFrame:
         """action_id -> model for the given ids that are stored."""
+        ids = action_ids.to_frame("action_id").with_columns(action_id_hash(pl.col("action_id")).alias("id_hash"))
         found = []
         for model in self.store.specs:
-            maybe = self.candidates(model, action_ids)
-            if maybe.len():
-                stored = (self.store.scan_all_actions(model).select("action_id")
-                          .filter(pl.col("action_id").is_in(maybe.implode())).collect())
+            maybe = ids.filter(self.actions(model).contains(ids.get_column("id_hash")))
+            if maybe.height:
+                stored = (self.store.scan_all_actions(model).filter(pl.col("id_hash").is_in(maybe["id_hash"].implode()))
+                          .select("action_id").filter(pl.col("action_id").is_in(maybe["action_id"].implode()))
+                          .unique().collect())
                 found.append(stored.with_columns(model=pl.lit(model)))
         return pl.concat(found) if found else pl.DataFrame(schema={"action_id": pl.String, "model": pl.String})
 
 
-def _conflicts_with_store(store: EventStore, model: str, rows: pl.DataFrame,
-                          known: KnownActions) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """Split rows into new ones, conflicting ones (same action_id, other content) and exact duplicates.
+@dataclass
+class _Held:
+    """Rows whose key hash is already stored: stored already, or a key sharing a stored key's hash.
 
-    Compares with every stored row, including this ingest's earlier batches (the writer holds the lock).
+    They are decided once the whole source is read (``_settle``), with one read of the stored rows
+    their hashes point to, instead of one read per batch. Nothing held is written before that.
     """
-    maybe = known.candidates(model, rows.get_column("action_id"))
-    if maybe.is_empty():
-        return rows, rows.clear(), 0
-    table = store.scan_all_actions(model)
-    # A column the spec gained is not in the table yet: stored rows cannot conflict on it.
-    present = set(table.collect_schema().names())
-    content = [c for c in list(ACTION_SCHEMA) + list(feature_schema(store.specs[model])) if c in present]
-    stored = table.select(content).filter(pl.col("action_id").is_in(maybe.implode())).collect()
-    compared = rows.join(stored, on="action_id", how="inner", suffix="__stored")
-    differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}__stored")) for c in content if c != "action_id"])
-    conflicting = compared.filter(differs).select(rows.columns)
-    new = rows.join(stored.select("action_id"), on="action_id", how="anti")
-    return new, conflicting, compared.height - conflicting.height
+
+    actions: dict[str, list[pl.DataFrame]] = field(default_factory=dict)
+    outcomes: list[pl.DataFrame] = field(default_factory=list)
 
 
-def _store_batch(batch: pl.DataFrame, first_row: int, source: str, store: EventStore, clock: Clock,
-                 key: bytes, ingest_id: str, report: IngestReport, known: KnownActions) -> list[pl.DataFrame]:
-    """Validate and store one batch; returns its rejected rows (quarantine is written once per file)."""
+class _Appends:
+    """One ingest's appends: a stream per table, so each table gets one commit for the whole source
+    and its files are written in the background while the next batch is read and checked."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self._actions: dict[str, TableStream] = {}
+        self._outcomes: TableStream | None = None
+
+    def actions(self, model: str) -> TableStream:
+        if model not in self._actions:
+            self._actions[model] = self.store.action_stream(model)
+        return self._actions[model]
+
+    def outcomes(self) -> TableStream:
+        if self._outcomes is None:
+            self._outcomes = self.store.outcome_stream()
+        return self._outcomes
+
+    def close(self) -> None:
+        for stream in self._actions.values():
+            stream.close()
+        crash_point("actions")
+        if self._outcomes is not None:
+            self._outcomes.close()
+        crash_point("outcomes")
+
+    def abort(self) -> None:
+        for stream in [*self._actions.values(), self._outcomes]:
+            if stream is not None:
+                stream.abort()
+
+
+def _as_received(batch: pl.DataFrame, positions: pl.Series) -> pl.Series:
+    """The rows at ``positions`` of the batch as JSON, as a quarantine entry keeps them."""
+    rows = as_text(batch.select(pl.all().gather(positions.cast(pl.UInt64))))
+    return rows.select(pl.struct(batch.columns).struct.json_encode().alias("__raw")).to_series()
+
+
+def _provenance(ingest_id: str, now: datetime, source: str) -> list[pl.Expr]:
+    return [pl.lit(ingest_id).alias("ingest_id"), pl.lit(now).cast(UTC_TIME).alias("ingested_at"),
+            pl.lit(source).alias("source_file")]
+
+
+def _store_batch(batch: pl.DataFrame, first_row: int, source: str, store: EventStore, clock: Clock, key: bytes,
+                 ingest_id: str, report: IngestReport, known: KnownKeys, held: _Held,
+                 appends: _Appends) -> list[pl.DataFrame]:
+    """Validate one batch and append its new rows; returns its rejected rows (quarantine is written once per file).
+
+    Rows whose key hash is already stored are held back in ``held`` for ``_settle``.
+    """
     now = clock.now()
     if "entity_id" in batch.columns:
         # First thing, before validation: then no raw identifier reaches any table, the quarantine's
@@ -202,32 +281,103 @@ def _store_batch(batch: pl.DataFrame, first_row: int, source: str, store: EventS
     validated = validate_rows(batch, store.specs, now, first_row)
     report.rows_read += validated.rows_read
     report.duplicates += validated.duplicates_in_file
-    provenance = [pl.lit(ingest_id).alias("ingest_id"), pl.lit(now).cast(UTC_TIME).alias("ingested_at"),
-                  pl.lit(source).alias("source_file")]
-    rejected = [validated.rejected]
+    provenance = _provenance(ingest_id, now, source)
     for model, rows in validated.actions.items():
-        new, conflicting, duplicates = _conflicts_with_store(store, model, rows, known)
-        report.duplicates += duplicates
-        if conflicting.height:
-            # Quarantine the row as it came in (like every other reject), found by its line number.
-            as_received = as_text(batch.select(pl.all().gather((conflicting.get_column(ROW) - first_row).cast(pl.UInt64))))
-            rejected.append(pl.concat([conflicting.select(
-                pl.col(ROW).alias("row_number"),
-                pl.format("duplicate action_id '{}' with conflicting content already stored", pl.col("action_id")).alias("reason")),
-                as_received.select(pl.struct(batch.columns).struct.json_encode().alias("raw"))], how="horizontal"))
-        report.actions_stored += store.append_actions(model, new.with_columns(provenance))
-        known.add(model, new.get_column("action_id"))
-    crash_point("actions")
+        spec = store.specs[model]
+        typed = {c: dtype for c, dtype in action_table_schema(spec).items() if c in rows.columns}
+        rows = with_action_index(rows.cast(typed), spec).with_columns(provenance)
+        maybe = known.actions(model).contains(rows.get_column("id_hash"))
+        if maybe.any():
+            candidates = rows.filter(maybe)
+            raw = _as_received(batch, candidates.get_column(ROW) - first_row)
+            held.actions.setdefault(model, []).append(candidates.with_columns(raw))
+            rows = rows.filter(~maybe)
+        report.actions_stored += appends.actions(model).put(rows)
+        known.actions(model).add(rows.get_column("id_hash"))
     outcomes = validated.outcomes
     if outcomes.height and outcomes.get_column("model").null_count():   # paired rows know their model already
         models = known.models_of(outcomes.filter(pl.col("model").is_null()).get_column("action_id"))
         outcomes = (outcomes.join(models, on="action_id", how="left", suffix="__known")
                     .with_columns(pl.coalesce("model", "model__known").alias("model")).drop("model__known"))
     if outcomes.height:
-        inserted = store.insert_outcomes(outcomes.with_columns(provenance))
-        report.outcomes_stored += inserted
-        report.duplicates += outcomes.height - inserted
-    crash_point("outcomes")
+        outcomes = with_outcome_index(outcomes).with_columns(provenance)
+        maybe = known.outcomes().contains(outcomes.get_column("key_hash"))
+        if maybe.any():
+            held.outcomes.append(outcomes.filter(maybe))
+            outcomes = outcomes.filter(~maybe)
+        report.outcomes_stored += appends.outcomes().put(outcomes)
+        known.outcomes().add(outcomes.get_column("key_hash"))
+    return [validated.rejected]
+
+
+def _against(rows: pl.DataFrame, stored: pl.DataFrame, content: list[str]) -> tuple[pl.DataFrame, int, pl.DataFrame]:
+    """Rows with a stored action_id of other content, how many repeat a stored row exactly, rows without one."""
+    compared = rows.join(stored, on="action_id", how="inner", suffix="__stored", maintain_order="left")
+    differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}__stored")) for c in content if c != "action_id"])
+    conflicting = compared.filter(differs).select(rows.columns)
+    unstored = rows.join(stored.select("action_id"), on="action_id", how="anti", maintain_order="left")
+    return conflicting, compared.height - conflicting.height, unstored
+
+
+def _settle_actions(store: EventStore, model: str, rows: pl.DataFrame, known: KnownKeys,
+                    report: IngestReport) -> pl.DataFrame:
+    """Decide held action rows: duplicates are dropped, conflicts returned (to reject), the rest stored.
+
+    A stored row with the same id_hash and content_hash (the content includes the id) is the same
+    action: 128 bits must agree by chance otherwise. Only the other held rows, usually none, are
+    compared value by value with the stored rows of their id.
+    """
+    table = store.scan_all_actions(model)
+    hashes = (table.filter(pl.col("id_hash").is_in(rows.get_column("id_hash").unique().implode()))
+              .select("id_hash", "content_hash").unique().collect())
+    same = rows.join(hashes, on=["id_hash", "content_hash"], how="semi")
+    report.duplicates += same.height
+    rows = rows.join(hashes, on=["id_hash", "content_hash"], how="anti", maintain_order="left")
+    if rows.is_empty():
+        return rows
+    # A column the spec gained is not in the table yet: stored rows cannot conflict on it.
+    present = set(table.collect_schema().names())
+    content = [c for c in action_content(store.specs[model]) if c in present]
+    stored = table.filter(pl.col("id_hash").is_in(rows.get_column("id_hash").unique().implode())).select(content).collect()
+    conflicting, duplicates, unstored = _against(rows, stored, content)
+    if unstored.height:
+        # Only a hash in common with a stored id: the first row of each id is new, its repeats
+        # compare with it as with a stored row.
+        first = unstored.filter(pl.col("action_id").is_first_distinct())
+        more, repeated, _ = _against(unstored.filter(~pl.col("action_id").is_first_distinct()), first.select(content),
+                                     content)
+        report.actions_stored += store.append_actions(model, first)
+        known.actions(model).add(first.get_column("id_hash"))
+        conflicting, duplicates = pl.concat([conflicting, more]), duplicates + repeated
+    report.duplicates += duplicates
+    return conflicting
+
+
+def _settle(store: EventStore, known: KnownKeys, held: _Held, report: IngestReport) -> list[pl.DataFrame]:
+    """Decide the held rows, compared with every stored row (this ingest's included); returns the rejected ones.
+
+    Actions: the same content is a duplicate, other content a conflict (rejected); outcomes: a key
+    that is stored is a duplicate. A held row that only shared a hash with a stored key is stored now.
+    """
+    rejected = []
+    for model, parts in held.actions.items():
+        conflicting = _settle_actions(store, model, pl.concat(parts), known, report)
+        if conflicting.height:
+            # Quarantined as it came in (like every other reject), found by its line number.
+            rejected.append(conflicting.sort(ROW).select(
+                pl.col(ROW).alias("row_number"),
+                pl.format("duplicate action_id '{}' with conflicting content already stored", pl.col("action_id")).alias("reason"),
+                pl.col("__raw").alias("raw")))
+    if held.outcomes:
+        # A stored row with the same key_hash and key_check has the same key: 128 bits of it agree.
+        rows = pl.concat(held.outcomes)
+        stored = (store.scan_all_outcomes().filter(pl.col("key_hash").is_in(rows.get_column("key_hash").unique().implode()))
+                  .select("key_hash", "key_check").unique().collect())
+        new = (rows.join(stored, on=["key_hash", "key_check"], how="anti", maintain_order="left")
+               .unique(subset=OUTCOME_KEY, keep="first", maintain_order=True))
+        report.outcomes_stored += store.append_outcomes(new)
+        known.outcomes().add(new.get_column("key_hash"))
+        report.duplicates += rows.height - new.height
     return rejected
 
 
@@ -245,21 +395,35 @@ def _quarantine(rejected: pl.DataFrame, source: str, digest: str, store: EventSt
 def ingest_file(path: Path, store: EventStore, clock: Clock, key: bytes) -> IngestReport:
     """Ingest one file as one atomic, idempotent unit. The caller holds ``store.writer()``."""
     source = str(path)
+    # Hashing (and for text, checking) the whole file takes a while for a large CSV: it runs while
+    # the file is read and stored, and only has to succeed before the ingest commits.
+    checked = _in_background(lambda: _file_digest_and_check(path, text=SUFFIXES.get(path.suffix.lower()) != "parquet"),
+                             f"digest {path.name}")
     try:
-        digest = _file_digest_and_check(path, text=SUFFIXES.get(path.suffix.lower()) != "parquet")
         batches = read_batches(path)
         first_batch = next(batches)
     except FileRejected as exc:
-        return IngestReport(files=1, failed_files=[(source, str(exc))])
-    return ingest_batches(chain([first_batch], batches), source, digest, store, clock, key)
+        return IngestReport(files=1, failed_files=[(source, _reason(exc, checked.result))])
+    return ingest_batches(chain([first_batch], batches), source, checked.result, store, clock, key)
 
 
-def ingest_batches(batches: Iterable[tuple[pl.DataFrame, int]], source: str, digest: str, store: EventStore,
-                   clock: Clock, key: bytes) -> IngestReport:
+def _reason(exc: Exception, check: Callable[[], str] | str) -> str:
+    """Why a file failed: what the whole-file check says (not UTF-8, empty) if it fails, else ``exc``."""
+    if callable(check) and isinstance(exc, FileRejected):
+        try:
+            check()
+        except FileRejected as failed:
+            return str(failed)
+    return str(exc)
+
+
+def ingest_batches(batches: Iterable[tuple[pl.DataFrame, int]], source: str, digest: str | Callable[[], str],
+                   store: EventStore, clock: Clock, key: bytes) -> IngestReport:
     """Ingest (rows, first row number) batches of one source as one atomic, idempotent unit.
 
     The ledger entry 'started' comes first and 'complete' last, so readers see all of the
-    source or none of it. ``digest`` identifies the content (quarantine ids derive from it).
+    source or none of it. ``digest`` identifies the content (quarantine ids derive from it); a
+    function giving it (or raising FileRejected) is called once the batches are read.
     The caller holds ``store.writer()``.
     """
     report = IngestReport(files=1)
@@ -267,16 +431,25 @@ def ingest_batches(batches: Iterable[tuple[pl.DataFrame, int]], source: str, dig
     store.record_ingest(ingest_id, "started", clock.now(), source, {})
     crash_point("started")
     rejected: list[pl.DataFrame] = []
-    known = KnownActions(store)
+    known, held, appends = KnownKeys(store), _Held(), _Appends(store)
     try:
         for batch, first_row in batches:
-            rejected += _store_batch(batch, first_row, source, store, clock, key, ingest_id, report, known)
+            known.prefetch(batch)
+            rejected += _store_batch(batch, first_row, source, store, clock, key, ingest_id, report, known, held,
+                                     appends)
+        content = digest() if callable(digest) else digest
+        appends.close()
+        rejected += _settle(store, known, held, report)
     except (FileRejected, SchemaConflict) as exc:
         # Unreadable later batch, or a column whose type changed: the ledger never completes this
         # ingest, so nothing of it becomes visible, and the next writer removes what it wrote.
-        report.failed_files.append((source, str(exc)))
+        appends.abort()
+        report.failed_files.append((source, _reason(exc, digest)))
         return report
-    report.quarantined = _quarantine(pl.concat(rejected), source, digest, store, clock, ingest_id)
+    except BaseException:
+        appends.abort()
+        raise
+    report.quarantined = _quarantine(pl.concat(rejected), source, content, store, clock, ingest_id)
     crash_point("quarantine")
     store.record_ingest(ingest_id, "complete", clock.now(), source, report.as_dict())
     crash_point("complete")
@@ -329,8 +502,15 @@ def replay_quarantine(store: EventStore, clock: Clock, key: bytes) -> IngestRepo
             ingest_id = uuid.uuid4().hex[:16]
             store.record_ingest(ingest_id, "started", clock.now(), f"replay:{source}", {})
             report = IngestReport(files=1)
-            still_bad = pl.concat(_store_batch(frame, 1, f"replay:{source}", store, clock, key, ingest_id, report,
-                                               KnownActions(store)))
+            known, held, appends = KnownKeys(store), _Held(), _Appends(store)
+            try:
+                rejected = _store_batch(frame, 1, f"replay:{source}", store, clock, key, ingest_id, report, known,
+                                        held, appends)
+                appends.close()
+            except BaseException:
+                appends.abort()
+                raise
+            still_bad = pl.concat(rejected + _settle(store, known, held, report))
             # Rows still rejected keep their quarantine entry; the others are removed from quarantine.
             keep = set(still_bad["raw"].to_list()) if still_bad.height else set()
             fixed = rows.filter(~pl.col("raw").is_in(list(keep)))

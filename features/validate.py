@@ -19,6 +19,7 @@ fast without changing a result:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -76,29 +77,101 @@ def as_text(df: pl.DataFrame) -> pl.DataFrame:
 
 
 # -- parsing text (the reference semantics every format follows) ---------------------------------
-def _blank(name: str) -> pl.Expr:
-    return pl.col(name).is_null() | (pl.col(name).str.strip_chars() == "")
+# Each takes the column with surrounding whitespace stripped (computed once per column).
+def _blank(stripped: pl.Expr) -> pl.Expr:
+    return stripped.is_null() | (stripped == "")
 
 
-def _parse_number(name: str) -> pl.Expr:
-    return pl.col(name).str.strip_chars().cast(pl.Float64, strict=False)
+def _parse_number(stripped: pl.Expr) -> pl.Expr:
+    return stripped.cast(pl.Float64, strict=False)
 
 
-def _parse_bool(name: str) -> pl.Expr:
-    low = pl.col(name).str.strip_chars().str.to_lowercase()
+def _parse_bool(stripped: pl.Expr) -> pl.Expr:
+    low = stripped.str.to_lowercase()
     return pl.when(low.is_in(_TRUE)).then(True).when(low.is_in(_FALSE)).then(False).otherwise(None)
 
 
-def _parse_time(name: str) -> pl.Expr:
+def _parse_time(stripped: pl.Expr) -> pl.Expr:
     """ISO timestamps with an offset, in one explicit format after normalising the variants.
 
     An explicit format parses every row on its own; with an inferred one polars picks the format
     from the first parsable value, so one naive timestamp at the top of a batch failed them all.
     """
-    text = (pl.col(name).str.strip_chars().str.replace(r"Z$", "+00:00").str.replace(" ", "T")
+    text = (stripped.str.replace(r"Z$", "+00:00").str.replace(" ", "T")
             .str.replace(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2})([+-])", "${1}:00${2}")     # no seconds
             .str.replace(r"([+-]\d{2})(\d{2})$", "${1}:${2}"))                           # +0100 -> +01:00
-    return text.str.to_datetime(format="%Y-%m-%dT%H:%M:%S%.f%:z", strict=False, time_zone="UTC", time_unit="us")
+    return text.str.to_datetime(format=_TIME_FORMAT, strict=False, time_zone="UTC", time_unit="us")
+
+
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"
+# The form exports write (2026-01-05T10:00:00+01:00, fractions allowed): every normalising step of
+# _parse_time leaves it as it is, so it parses as the explicit format directly.
+_USUAL_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?[+-]\d{2}:\d{2}$"
+
+
+def _shortcut(text: pl.Series, usual: pl.Series, fast: dict[str, pl.Series],
+              general: dict[str, pl.Expr]) -> dict[str, pl.Series]:
+    """Helpers of a text column: ``fast`` where ``usual``, the ``general`` expressions on the other rows only."""
+    others = (~usual).arg_true()
+    if others.len() == text.len():
+        return dict(text.to_frame().select(**general).to_dict())
+    if others.len():
+        rest = text.to_frame().select(pl.all().gather(others)).select(**general)
+        fast = {kind: fast[kind].scatter(others, rest.get_column(kind)) for kind in general}
+    return fast
+
+
+def _text_number_helpers(text: pl.Series) -> dict[str, pl.Series]:
+    """The blank and number helpers of a text number column, as ``_Columns`` defines them.
+
+    A value that parses as it stands is not blank and is the number its stripped text gives; only
+    the others (blanks, padded or bad values) are stripped first.
+    """
+    number = text.cast(pl.Float64, strict=False)
+    stripped = pl.col(text.name).str.strip_chars()
+    helpers = _shortcut(text, number.is_not_null(), {"blank": pl.repeat(False, text.len(), eager=True), "number": number},
+                        {"blank": _blank(stripped), "number": _parse_number(stripped)})
+    return {f"{_HELPER}{kind}:{text.name}": helpers[kind] for kind in ("blank", "number")}
+
+
+def _text_bool_helpers(text: pl.Series) -> dict[str, pl.Series]:
+    """The blank and bool helpers of a text boolean column: ``true`` and ``false`` as they stand, the rest stripped."""
+    usual = text.is_in(["true", "false"]).fill_null(False)
+    stripped = pl.col(text.name).str.strip_chars()
+    helpers = _shortcut(text, usual, {"blank": pl.repeat(False, text.len(), eager=True), "bool": text == "true"},
+                        {"blank": _blank(stripped), "bool": _parse_bool(stripped)})
+    return {f"{_HELPER}{kind}:{text.name}": helpers[kind] for kind in ("blank", "bool")}
+
+
+def _text_time_helpers(text: pl.Series) -> dict[str, pl.Series]:
+    """The blank, time, tz and dated helpers of a text time column, as ``_Columns`` defines them.
+
+    Values in the usual form are parsed by chrono's ISO 8601 parser (``%+``, which reads them as
+    the explicit format does, at a third of the cost of the normalising steps); only the other
+    values, usually none, go the general way. The tests compare both on many generated values.
+    """
+    name = text.name
+    usual = text.str.contains(_USUAL_TIME).fill_null(False)
+    stripped = pl.col(name).str.strip_chars()
+    general = {"blank": _blank(stripped), "time": _parse_time(stripped),
+               "tz": stripped.str.contains(_TZ_SUFFIX), "dated": pl.col(name).str.contains(_DATED)}
+    fast = {"blank": pl.repeat(False, text.len(), eager=True), "tz": usual.clone(), "dated": usual.clone(),
+            "time": text.str.to_datetime(format="%+", strict=False, time_zone="UTC", time_unit="us")} if usual.any() else {}
+    helpers = _shortcut(text, usual, fast, general)
+    return {f"{_HELPER}{kind}:{name}": helpers[kind] for kind in general}
+
+
+def _text_helpers(work: pl.DataFrame, typed: set[str], roles: dict[str, set[str]]) -> dict[str, pl.Series]:
+    """Helpers of the text columns read as times, numbers or booleans, computed the short way where it applies."""
+    helpers: dict[str, pl.Series] = {}
+    for name in work.columns:
+        if name in typed or work.schema[name] != pl.String or len(roles.get(name, ())) != 1:
+            continue
+        role = next(iter(roles[name]))
+        shortcut = {"time": _text_time_helpers, "number": _text_number_helpers, "bool": _text_bool_helpers}.get(role)
+        if shortcut:
+            helpers.update(shortcut(work.get_column(name)))
+    return helpers
 
 
 # -- columns: typed where the type already fits, text otherwise -----------------------------------
@@ -130,8 +203,7 @@ def _fits(dtype: pl.DataType, role: str) -> bool:
 
 def _keeps_content(dtype: pl.DataType) -> bool:
     """Types whose values are equal exactly when their texts are (for the duplicate check)."""
-    return (dtype in (pl.String, pl.Boolean, pl.Float64) or isinstance(dtype, _INTS)
-            or isinstance(dtype, pl.Datetime))
+    return dtype in (pl.String, pl.Boolean, pl.Float64) or isinstance(dtype, (*_INTS, pl.Datetime))
 
 
 def _typed_columns(df: pl.DataFrame, roles: dict[str, set[str]]) -> set[str]:
@@ -158,36 +230,56 @@ def _typed_columns(df: pl.DataFrame, roles: dict[str, set[str]]) -> set[str]:
 
 
 class _Columns:
-    """Parsed views of the columns, each computed once as a helper column of the working frame."""
+    """Parsed views of the columns, each computed once as a helper column of the working frame.
 
-    def __init__(self, typed: set[str]) -> None:
+    ``first`` holds the stripped text of string columns, which the other helpers read (they are
+    computed in a second step); ``precomputed`` holds helpers already computed as series.
+    """
+
+    def __init__(self, typed: set[str], precomputed: dict[str, pl.Series] | None = None) -> None:
         self.typed = typed
-        self.helpers: dict[str, pl.Expr] = {}
+        self.precomputed = precomputed or {}
+        self.first: dict[str, pl.Expr] = {}
+        self.helpers: dict[str, pl.Expr | pl.Series] = {}
 
-    def _helper(self, kind: str, name: str, typed: pl.Expr, text: pl.Expr) -> pl.Expr:
+    def _helper(self, kind: str, name: str, typed: Callable[[], pl.Expr], text: Callable[[], pl.Expr]) -> pl.Expr:
         key = f"{_HELPER}{kind}:{name}"
         if key not in self.helpers:
-            self.helpers[key] = (typed if name in self.typed else text).alias(key)
+            if key in self.precomputed:
+                self.helpers[key] = self.precomputed[key].alias(key)
+            else:
+                self.helpers[key] = (typed() if name in self.typed else text()).alias(key)
+        return pl.col(key)
+
+    def stripped(self, name: str) -> pl.Expr:
+        """A string column without surrounding whitespace."""
+        key = f"{_HELPER}strip:{name}"
+        self.first.setdefault(key, pl.col(name).str.strip_chars().alias(key))
         return pl.col(key)
 
     def blank(self, name: str) -> pl.Expr:
-        return self._helper("blank", name, pl.col(name).is_null(), _blank(name))
+        return self._helper("blank", name, lambda: pl.col(name).is_null(), lambda: _blank(self.stripped(name)))
 
     def number(self, name: str) -> pl.Expr:
-        return self._helper("number", name, pl.col(name).cast(pl.Float64), _parse_number(name))
+        return self._helper("number", name, lambda: pl.col(name).cast(pl.Float64),
+                            lambda: _parse_number(self.stripped(name)))
 
     def boolean(self, name: str) -> pl.Expr:
-        return self._helper("bool", name, pl.col(name), _parse_bool(name))
+        return self._helper("bool", name, lambda: pl.col(name), lambda: _parse_bool(self.stripped(name)))
 
     def time(self, name: str) -> pl.Expr:
-        typed = pl.col(name).dt.convert_time_zone("UTC").dt.cast_time_unit("us")
-        return self._helper("time", name, typed, _parse_time(name))
+        return self._helper("time", name, lambda: pl.col(name).dt.convert_time_zone("UTC").dt.cast_time_unit("us"),
+                            lambda: _parse_time(self.stripped(name)))
 
     def has_time_zone(self, name: str) -> pl.Expr:
-        return self._helper("tz", name, pl.col(name).is_not_null(), pl.col(name).str.strip_chars().str.contains(_TZ_SUFFIX))
+        return self._helper("tz", name, lambda: pl.col(name).is_not_null(),
+                            lambda: self.stripped(name).str.contains(_TZ_SUFFIX))
 
     def dated(self, name: str) -> pl.Expr:
-        return self._helper("dated", name, pl.col(name).is_not_null(), pl.col(name).str.contains(_DATED))
+        return self._helper("dated", name, lambda: pl.col(name).is_not_null(), lambda: pl.col(name).str.contains(_DATED))
+
+    def add_to(self, frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(list(self.first.values())).with_columns(list(self.helpers.values()))
 
 
 # A check: (the condition that a row fails it, the reason). The reason may quote values: it is
@@ -282,10 +374,10 @@ def _outcome_checks(v: _Columns, specs: dict[str, ModelSpec], now: datetime, pai
 
 def _typed_actions(v: _Columns, spec: ModelSpec) -> list[pl.Expr]:
     exprs = [
-        pl.col("action_id").str.strip_chars(), pl.col("model"), pl.col("model_version").str.strip_chars(),
-        pl.col("entity_id").str.strip_chars(), v.time("decided_at").alias("decided_at"),
+        v.stripped("action_id").alias("action_id"), pl.col("model"), v.stripped("model_version").alias("model_version"),
+        v.stripped("entity_id").alias("entity_id"), v.time("decided_at").alias("decided_at"),
         v.number("score").alias("score"), v.number("threshold").alias("threshold"),
-        pl.col("decision").str.strip_chars(), v.number("propensity").alias("propensity"),
+        v.stripped("decision").alias("decision"), v.number("propensity").alias("propensity"),
     ]
     for feature, dtype in feature_schema(spec).items():
         if dtype == pl.Float64:
@@ -293,7 +385,7 @@ def _typed_actions(v: _Columns, spec: ModelSpec) -> list[pl.Expr]:
         elif dtype == pl.Boolean:
             exprs.append(v.boolean(feature).alias(feature))
         else:
-            exprs.append(pl.col(feature).str.strip_chars().alias(feature))
+            exprs.append(v.stripped(feature).alias(feature))
     return exprs
 
 
@@ -309,14 +401,15 @@ def validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datetime, 
     if not is_actions and not has_outcomes:
         raise FileRejected("neither action columns (decided_at, ...) nor outcome columns (observed_at, outcome) found; "
                            f"columns were: {', '.join(df.columns) or 'none'}")
-    typed = _typed_columns(df, _roles(specs))
+    roles = _roles(specs)
+    typed = _typed_columns(df, roles)
     wanted = (set(ACTION_SCHEMA) | set(OUTCOME_SCHEMA)) if is_actions else (set(OUTCOME_SCHEMA) | {"model"})
     missing_required = [c for c in (ACTION_SCHEMA if is_actions else ["action_id", "observed_at", "outcome"])
                         if c not in columns and c not in OPTIONAL_ACTION_COLUMNS]
     work = df.select([pl.col(n) if n in typed else _text_expr(n, d) for n, d in df.schema.items()]).with_columns(
         [pl.lit(None, pl.String).alias(c) for c in sorted(wanted - columns)]).with_row_index(ROW, offset=first_row_number)
 
-    v = _Columns(typed)
+    v = _Columns(typed, _text_helpers(work, typed, roles))
     checks: list[Check] = [(pl.lit(True), pl.lit(f"missing column '{c}'")) for c in missing_required]
     if is_actions:
         checks += [(v.blank(c), pl.lit(f"{c} is empty")) for c in ("action_id", "model_version", "entity_id", "decision")]
@@ -337,8 +430,8 @@ def validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datetime, 
     outputs = {name: _typed_actions(v, spec) for name, spec in specs.items()
                if is_actions and all(f.name in columns for f in spec.features)}
     outcome_exprs = [
-        pl.col("action_id").str.strip_chars(), v.time("observed_at").alias("observed_at"),
-        pl.col("outcome").str.strip_chars(), v.number("revenue").alias("revenue"),
+        v.stripped("action_id").alias("action_id"), v.time("observed_at").alias("observed_at"),
+        v.stripped("outcome").alias("outcome"), v.number("revenue").alias("revenue"),
         v.number("share_kept").alias("share_kept"),
         pl.when(pl.col("model").is_in(list(specs))).then(pl.col("model")).alias("model"),
     ]
@@ -346,7 +439,7 @@ def validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datetime, 
 
     # Every condition on every row; reasons only for the rows that failed one. The frame is not
     # copied row-wise: rows are selected by masks, and only the output columns are filtered.
-    work = work.with_columns(list(v.helpers.values()))
+    work = v.add_to(work)
     failed = work.select(pl.any_horizontal([c for c, _ in checks]).fill_null(False)).to_series()
     # rechunk: polars 2.1 panics formatting a filtered string column split in many chunks (batched reads)
     reasons = _reasons(work.filter(failed).rechunk(), checks, typed)
@@ -372,13 +465,23 @@ def validate_rows(df: pl.DataFrame, specs: dict[str, ModelSpec], now: datetime, 
                 # ROW travels with each action, so a later rejection (a conflict with the store) can name its line.
                 actions[name] = work.lazy().filter(keep).select(*outputs[name], pl.col(ROW).cast(pl.Int64)).collect()
     outcome_rows = work.lazy().filter(pl.lit(good) & has_outcome) if has_outcomes else work.clear().lazy()
-    outcomes = outcome_rows.select(outcome_exprs).collect().unique(
-        subset=["action_id", "observed_at", "outcome"], keep="first", maintain_order=True)
+    outcomes = _first_of_each_key(outcome_rows.select(outcome_exprs).collect(), ["action_id", "observed_at", "outcome"])
     rejects = pl.concat(rejected).select(pl.col(ROW).cast(pl.Int64).alias("row_number"), pl.col("__reason").alias("reason"))
     positions = (rejects["row_number"] - first_row_number).cast(pl.UInt64)
     raw = as_text(df.select(pl.all().gather(positions))).select(pl.struct(df.columns).struct.json_encode().alias("raw"))
     rejects = pl.concat([rejects, raw], how="horizontal")
     return Validated(actions, outcomes, rejects.sort("row_number"), df.height, duplicates)
+
+
+def _first_of_each_key(rows: pl.DataFrame, key: list[str]) -> pl.DataFrame:
+    """``rows.unique(subset=key, keep="first", maintain_order=True)``; the key starts with action_id.
+
+    Only rows whose action_id repeats can repeat the key, so only those (usually few) are compared:
+    hashing every row's whole key cost more than the rest of the validation of outcomes.
+    """
+    repeats = rows.select(pl.int_range(pl.len()).alias("__pos"), *key).filter(pl.col(key[0]).is_duplicated())
+    later = repeats.filter(~pl.struct(key).is_first_distinct()).get_column("__pos")
+    return rows.filter(~pl.int_range(pl.len()).is_in(later.implode())) if later.len() else rows
 
 
 def _reasons(suspects: pl.DataFrame, checks: list[Check], typed: set[str]) -> pl.DataFrame:

@@ -216,6 +216,38 @@ def test_repeats_across_batches_and_against_the_store_are_told_apart(tmp_path, s
     assert stored.filter(pl.col("action_id") == "a3")["score"].to_list() == [0.4]
 
 
+def test_rows_that_only_share_a_hash_with_stored_rows_are_told_apart_by_their_real_keys(tmp_path, store, monkeypatch):
+    """Every action id and every outcome key hashed alike: each row is a candidate, none may be lost."""
+    import features.ingest
+    import features.store
+
+    same = lambda expr: pl.lit(42, pl.Int64)                                        # noqa: E731
+    key_hash = features.store.outcome_key_hash
+    monkeypatch.setattr(features.store, "action_id_hash", same)
+    monkeypatch.setattr(features.ingest, "action_id_hash", same)
+    monkeypatch.setattr(features.store, "outcome_key_hash", lambda seed=0: pl.lit(7, pl.Int64) if seed == 0 else key_hash(seed))
+    monkeypatch.setattr(features.ingest, "BATCH_ROWS", 3)
+    seen = {"observed_at": "2026-01-20T09:00:00+00:00", "outcome": "lost", "revenue": ""}
+    ingest_paths([_write_csv(tmp_path / "first.csv", [lead_action("s1") | seen, lead_action("s2") | seen])], store,
+                 SimulatedClock(NOW), KEY)
+    rows = [lead_action(f"a{i}") | seen for i in range(1, 5)] + [
+        lead_action("a2") | seen,                                            # repeats an earlier batch
+        lead_action("a3", score="0.9") | seen,                               # conflicts with an earlier batch
+        lead_action("s1") | seen,                                            # repeats a stored row
+        lead_action("s2", score="0.8") | seen | {"outcome": "converted"},    # conflicts; its outcome is new
+    ]
+    report = ingest_paths([_write_csv(tmp_path / "second.csv", rows)], store, SimulatedClock(NOW), KEY)
+
+    assert (report.actions_stored, report.outcomes_stored, report.quarantined) == (4, 5, 2)
+    assert report.duplicates == 2 + 3          # a2 and s1, and the outcomes of a2, a3 and s1
+    assert sorted(r.split("'")[1] for r in store.scan_quarantine().collect()["reason"]) == ["a3", "s2"]
+    actions = pl.scan_delta(str(tmp_path / "store" / "actions" / "lead_scoring")).collect()
+    assert sorted(actions["action_id"]) == ["a1", "a2", "a3", "a4", "s1", "s2"] and actions["id_hash"].unique().to_list() == [42]
+    outcomes = store.scan_outcomes().sort("action_id", "outcome").collect()
+    assert outcomes.select("action_id", "outcome").rows() == [
+        ("a1", "lost"), ("a2", "lost"), ("a3", "lost"), ("a4", "lost"), ("s1", "lost"), ("s2", "converted"), ("s2", "lost")]
+
+
 def test_a_conflict_with_the_store_is_quarantined_with_its_line_and_the_row_as_received(tmp_path, store):
     ingest_paths([_write_csv(tmp_path / "one.csv", [lead_action("a1")])], store, SimulatedClock(NOW), KEY)
     second = [lead_action("b1"), lead_action("a1", score="0.9")]

@@ -119,10 +119,70 @@ def test_migrate_upgrades_a_store_written_by_the_first_release(tmp_path, specs):
     with pytest.raises(StoreError, match="loop migrate"):
         store.scan_actions("lead_scoring").collect()
 
-    assert "layout 1 -> 2" in migrate(store, T1)[0]
+    done = migrate(store, T1)
+    assert "layout 1 -> 2" in done[0] and "layout 2 -> 3" in done[1]
     assert store.schema_version() == SCHEMA_VERSION
     assert sorted(store.scan_actions("lead_scoring").collect()["action_id"]) == ["a1", "a2"]
     assert migrate(store, T1) == [f"already at layout {SCHEMA_VERSION}"]
+
+
+def _as_layout_2(uri, specs) -> EventStore:
+    """The store as a layout-2 release left it: the same rows, no hash columns."""
+    from deltalake import write_deltalake
+
+    for table, hashes in ((uri / "actions" / "lead_scoring", ["id_hash", "content_hash"]),
+                          (uri / "outcomes", ["key_hash", "key_check"])):
+        if not table.exists():
+            continue
+        rows = pl.read_delta(str(table)).drop(hashes)
+        write_deltalake(str(table), rows.to_arrow(), mode="overwrite", schema_mode="overwrite")
+    store = EventStore(str(uri), specs)
+    store._mark_version(2)
+    return store
+
+
+def test_migrate_gives_rows_stored_before_their_hashes_so_repeats_and_conflicts_are_still_found(tmp_path, specs):
+    uri = tmp_path / "store"
+    seen = {"observed_at": "2026-01-20T09:00:00+00:00", "outcome": "lost", "revenue": ""}
+    first = [lead_action("a1") | seen, lead_action("a2") | seen, lead_action("a3") | seen]
+    ingest_paths([_csv(tmp_path / "first.csv", first)], EventStore(str(uri), specs), SimulatedClock(T1), KEY)
+    store = _as_layout_2(uri, specs)
+    assert "id_hash" not in pl.scan_delta(str(uri / "actions" / "lead_scoring")).collect_schema().names()
+    with pytest.raises(StoreError, match="loop migrate"):
+        store.scan_actions("lead_scoring").collect()
+
+    assert migrate(store, T1) == ["layout 2 -> 3: added key hashes to the rows stored before "
+                                  "(actions/lead_scoring 3, outcomes 3)"]
+    assert migrate(store, T1) == [f"already at layout {SCHEMA_VERSION}"]
+    stored = pl.scan_delta(str(uri / "actions" / "lead_scoring")).collect()
+    assert stored["id_hash"].null_count() == stored["content_hash"].null_count() == 0
+    assert "id_hash" not in store.scan_actions("lead_scoring").collect().columns     # readers do not see them
+
+    later = [lead_action("a1") | seen,                                                      # repeat: duplicate
+             lead_action("a2", score="0.9") | seen,                                         # conflict
+             lead_action("a3") | seen | {"observed_at": "2026-01-25T09:00:00+00:00", "outcome": "converted"},
+             lead_action("b1")]
+    report = ingest_paths([_csv(tmp_path / "later.csv", later)], store, SimulatedClock(T1), KEY)
+    assert (report.actions_stored, report.outcomes_stored, report.quarantined) == (1, 1, 1)
+    assert report.duplicates == 4           # a1 with its outcome, a2's outcome, a3's action
+    assert "conflicting content already stored" in store.scan_quarantine().collect()["reason"][0]
+    outcomes = store.scan_outcomes().filter(pl.col("action_id") == "a3").sort("observed_at").collect()
+    assert outcomes["outcome"].to_list() == ["lost", "converted"]
+
+
+def test_migrate_hashes_rows_stored_before_the_spec_gained_a_feature_as_readers_see_them(tmp_path, specs):
+    uri = tmp_path / "store"
+    ingest_paths([_csv(tmp_path / "old.csv", [lead_action("old")])], EventStore(str(uri), specs), SimulatedClock(T1), KEY)
+    spec = specs["lead_scoring"]
+    grown = {**specs, "lead_scoring": dataclasses.replace(spec, features=(*spec.features, Feature("budget_eur", "numeric")))}
+    store = _as_layout_2(uri, grown)
+    migrate(store, T1)
+    assert "budget_eur" not in pl.scan_delta(str(uri / "actions" / "lead_scoring")).collect_schema().names()
+
+    # The same action sent again, the new feature blank: the store holds it already.
+    report = ingest_paths([_csv(tmp_path / "again.csv", [lead_action("old") | {"budget_eur": ""}])], store,
+                          SimulatedClock(T1), KEY)
+    assert (report.actions_stored, report.duplicates, report.quarantined) == (0, 1, 0)
 
 
 def test_replay_stores_quarantined_rows_once_the_spec_is_fixed(tmp_path, specs):

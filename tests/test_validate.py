@@ -259,7 +259,9 @@ def _ref_split_in_file_duplicates(good: pl.DataFrame, specs: dict[str, ModelSpec
 # -- random frames --------------------------------------------------------------------------------
 TIMES = ["2026-01-06T10:00:00+01:00", "2026-01-06T10:00:00Z", " 2026-01-06 10:00:00+0100 ", "2026-01-06T10:00:00",
          "yesterday", "", None, "2026-03-01T10:00:00+00:00", "2026-01-06T10:00:00.123456+00:00",
-         "2026-01-20T09:00:00+01:00", "2026-13-06T10:00:00+01:00", "2026-01-05T10:00:00-0530"]
+         "2026-01-20T09:00:00+01:00", "2026-13-06T10:00:00+01:00", "2026-01-05T10:00:00-0530",
+         "2026-01-06T10:00:00 +01:00", "2026-01-06t10:00:00+01:00", "2026-02-30T10:00:00+01:00", "   ",
+         "2026-01-06T10:00:00.5-01:00", "2026-01-06T10:00:60+00:00", "2026-01-06T10:00:00+24:00"]
 NUMBERS = ["0.4", " 0.5 ", "1.7", "-0.1", "high", "", None, "NaN", "inf", "0", "1", "1e-3", "-0.0", "0.40"]
 BOOLEANS = ["true", "TRUE", " yes ", "0", "perhaps", "", None, "f", "N"]
 MODELS = ["lead_scoring", "reply_acceptance", "churn", "", None, " lead_scoring"]
@@ -431,3 +433,25 @@ def test_share_kept_is_optional_and_outside_0_1_is_quarantined(specs):
     # Files without the column (every file before graded outcomes) read it as null.
     older = validate_rows(rows.drop("share_kept"), specs, NOW)
     assert older.outcomes["share_kept"].to_list() == [None] * 5 and older.rejected.is_empty()
+
+
+def test_timestamps_in_the_usual_form_parse_as_the_general_way_would(specs):
+    """Text timestamps of the form exports write take a shorter way; it must read every value of that
+    form (valid or not: day 31 in February, hour 24, second 60, 1-9 fraction digits, any offset) as the
+    normalising parser does, and leave other values to it."""
+    from features.validate import _parse_time, _text_time_helpers
+
+    rng = random.Random(11)
+
+    def two(top: int) -> str:
+        return f"{rng.randint(0, top):02d}"
+
+    values = [f"{rng.randint(1, 9999):04d}-{two(13)}-{two(32)}T{two(25)}:{two(61)}:{two(61)}"
+              + rng.choice(["", "." + "".join(str(rng.randint(0, 9)) for _ in range(rng.randint(1, 9)))])
+              + rng.choice("+-") + f"{two(25)}:{two(61)}" for _ in range(20_000)]
+    values += [v for v in TIMES if v is not None] + [None]
+    text = pl.Series("decided_at", values)
+    general = text.to_frame().select(_parse_time(pl.col("decided_at").str.strip_chars())).to_series()
+    helpers = _text_time_helpers(text)
+    assert helpers["__v:time:decided_at"].equals(general)
+    assert general.null_count() > 1000 and general.is_not_null().sum() > 5000      # both kinds are tried
