@@ -173,6 +173,12 @@ class KnownKeys:
     def __init__(self, store: EventStore) -> None:
         self.store = store
         self._loading: dict[str, Future[KeyIndex]] = {}
+        # Actions appended by this ingest: streamed, so not in the tables until its commit.
+        self._appended: list[pl.DataFrame] = []
+
+    def remember(self, model: str, action_ids: pl.Series) -> None:
+        if action_ids.len():
+            self._appended.append(action_ids.to_frame("action_id").with_columns(model=pl.lit(model)))
 
     def prefetch(self, batch: pl.DataFrame) -> None:
         """Start reading the indexes the first batch's rows will need, so that happens while it is checked."""
@@ -197,9 +203,13 @@ class KnownKeys:
         return self._load("outcomes", self.store.outcome_index).result()
 
     def models_of(self, action_ids: pl.Series) -> pl.DataFrame:
-        """action_id -> model for the given ids that are stored."""
+        """action_id -> model for the given ids that are stored or appended by this ingest."""
         ids = action_ids.to_frame("action_id").with_columns(action_id_hash(pl.col("action_id")).alias("id_hash"))
         found = []
+        if self._appended:
+            fresh = pl.concat(self._appended).join(ids.select("action_id"), on="action_id", how="semi")
+            found.append(fresh)
+            ids = ids.join(fresh, on="action_id", how="anti")
         for model in self.store.specs:
             maybe = ids.filter(self.actions(model).contains(ids.get_column("id_hash")))
             if maybe.height:
@@ -294,6 +304,7 @@ def _store_batch(batch: pl.DataFrame, first_row: int, source: str, store: EventS
             rows = rows.filter(~maybe)
         report.actions_stored += appends.actions(model).put(rows)
         known.actions(model).add(rows.get_column("id_hash"))
+        known.remember(model, rows.get_column("action_id"))
     outcomes = validated.outcomes
     if outcomes.height and outcomes.get_column("model").null_count():   # paired rows know their model already
         models = known.models_of(outcomes.filter(pl.col("model").is_null()).get_column("action_id"))
