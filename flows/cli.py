@@ -509,8 +509,10 @@ def ui(prefect_port: int = 4200, mlflow_port: int = 5000, evidently_port: int = 
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     settings.workspace_dir.mkdir(parents=True, exist_ok=True)
     procs = [
+        # The UI asks the API on 4200 unless told otherwise, whatever port the server got.
         subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                          "--port", str(prefect_port), "--analytics-off"], env=env),
+                          "--port", str(prefect_port), "--analytics-off"],
+                         env=dict(env, PREFECT_UI_API_URL=f"http://127.0.0.1:{prefect_port}/api")),
         subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", settings.mlflow_tracking_uri,
                           "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"], env=env),
         # The drift and KPI dashboards (models/dashboard.py); `python -m evidently` has no __main__, the CLI module has.

@@ -61,11 +61,15 @@ def ensure_demo_state(settings) -> None:
     subprocess.run([sys.executable, "-m", "flows.cli", "demo"], cwd=REPO, env=_env(), check=True)
 
 
-def _latest_artifact_id(prefect_api: str, key: str) -> str:
+def _summary_artifact_id(prefect_api: str) -> str:
+    """The latest weekly summary in which a drift made a retraining promote a model or ask a person to (else the latest)."""
     reply = httpx.post(f"{prefect_api}/artifacts/filter", timeout=30,
-                       json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1})
+                       json={"artifacts": {"key": {"any_": ["self-optimise-summary"]}}, "sort": "CREATED_DESC", "limit": 200})
     reply.raise_for_status()
-    return reply.json()[0]["id"]
+    found = reply.json()
+    promoted = [a for a in found if any(f"**Retraining (trigger): {event}**" in (a.get("data") or "")
+                                        for event in ("promoted", "awaiting_approval"))]
+    return (promoted or found)[0]["id"]
 
 
 def _mlflow_kpi_run(mlflow: str, model: str) -> tuple[str, str]:
@@ -76,8 +80,29 @@ def _mlflow_kpi_run(mlflow: str, model: str) -> tuple[str, str]:
     return experiment, runs[0]["info"]["run_id"]
 
 
+def _dismiss_mlflow_popups(page) -> None:
+    """MLflow 3 opens a 'new registry UI' dialog and its assistant panel on a first visit; close both."""
+    page.wait_for_timeout(5000)
+    page.keyboard.press("Escape")
+    close = page.get_by_role("button", name="Close")
+    for i in range(close.count()):
+        try:
+            close.nth(i).click(timeout=3000)
+        except Exception:  # noqa: BLE001 - a popup that is not there is fine
+            pass
+
+
+def _champion_version(mlflow: str, model: str) -> str:
+    reply = httpx.get(f"{mlflow}/api/2.0/mlflow/registered-models/alias", params={"name": model, "alias": "champion"},
+                      timeout=30)
+    reply.raise_for_status()
+    return reply.json()["model_version"]["version"]
+
+
 def shoot(pages: list[tuple[str, str, str | None, str | None]]) -> list[Path]:
-    """(file name, url, text to wait for, text to click first) -> PNGs."""
+    """(file name, url, text to wait for, selector of what to scroll to the top first) -> PNGs."""
+    from PIL import Image
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -85,15 +110,22 @@ def shoot(pages: list[tuple[str, str, str | None, str | None]]) -> list[Path]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport=SIZE, color_scheme="light")
-        for name, url, wait_for, click in pages:
-            page.goto(url, wait_until="networkidle", timeout=120_000)
-            if click:
-                page.get_by_text(click, exact=True).first.click()
+        for name, url, wait_for, scroll_to in pages:
+            page.goto(url, wait_until="load", timeout=120_000)
+            if name.startswith("mlflow"):
+                _dismiss_mlflow_popups(page)
             if wait_for:
-                page.get_by_text(wait_for, exact=False).first.wait_for(timeout=60_000)
+                try:
+                    page.get_by_text(wait_for, exact=False).first.wait_for(timeout=60_000)
+                except PlaywrightTimeout:  # keep the picture: it shows what the page had instead
+                    print(f"warning: '{wait_for}' did not appear on {url}", flush=True)
+            if scroll_to:  # Evidently 0.7's UI shows the dashboard's tabs one below the other
+                page.locator(scroll_to).first.evaluate("e => e.scrollIntoView({block: 'start'})")
             page.wait_for_timeout(3000)  # charts animate in
             path = OUT / f"{name}.png"
             page.screenshot(path=str(path))
+            # 256 colours are plenty for a UI and make the PNGs a fraction of the size in git.
+            Image.open(path).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
             saved.append(path)
             print(f"saved {path.relative_to(REPO)} ({path.stat().st_size // 1024} KB) from {url}", flush=True)
         browser.close()
@@ -119,18 +151,21 @@ def main() -> None:
         _wait(f"{evidently}/api/version", "the Evidently UI")
         specs = load_specs(settings.specs_dir)
         replies = specs["reply_acceptance"]
-        summary = _latest_artifact_id(f"{prefect}/api", "self-optimise-summary")
+        summary = _summary_artifact_id(f"{prefect}/api")
         experiment, kpi_run = _mlflow_kpi_run(mlflow, "reply_acceptance")
         dashboard = project_url(evidently, str(MonitoringWorkspace.project_id(replies)))
         lead_dashboard = project_url(evidently, str(MonitoringWorkspace.project_id(specs["lead_scoring"])))
         shoot([
-            ("prefect-flow-runs", f"{prefect}/runs", "self-optimise", None),
+            ("prefect-flow-runs", f"{prefect}/runs", "self-optimise", "text=Flow runs"),
             ("prefect-cycle-summary", f"{prefect}/artifacts/artifact/{summary}", "Self-optimising cycle", None),
+            ("prefect-cycle-summary-decision", f"{prefect}/artifacts/artifact/{summary}", "Self-optimising cycle",
+             "h2:has-text('reply_acceptance')"),
             ("mlflow-kpis-over-weeks", f"{mlflow}/#/experiments/{experiment}/runs/{kpi_run}/model-metrics", "automation_rate",
              None),
-            ("mlflow-registry", f"{mlflow}/#/models/reply_acceptance", "champion", None),
+            ("mlflow-registry", f"{mlflow}/#/models/reply_acceptance/versions/{_champion_version(mlflow, 'reply_acceptance')}",
+             "Model card", None),
             ("evidently-kpis", dashboard, "Automation per week", None),
-            ("evidently-drift", lead_dashboard, "Share of drifted features", "Drift"),
+            ("evidently-drift", lead_dashboard, "Share of drifted features", "text=Share of drifted features"),
         ])
     finally:
         ui.send_signal(signal.SIGINT)  # `loop ui` stops the three servers it started
