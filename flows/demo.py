@@ -74,7 +74,7 @@ def _week_note(status: dict) -> str:
     elif guard.get("status") == "uncovered":
         note += f" (guard: v{guard['version']} fell short, logs cannot vouch for the previous one)"
     held = (drift.get("patterns") or {}).get("held")
-    return note + (f" [safe mode: {', '.join(held)}]" if held else "")
+    return note + (f" (safe mode: {', '.join(held)})" if held else "")   # not [...]: rich reads that as markup
 
 
 def run_demo(config: DemoConfig, on_week: Callable[[int, dict], None] | None = None) -> pl.DataFrame:

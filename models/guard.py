@@ -18,7 +18,8 @@ A champion that delivers less than claimed but is still clearly better than the 
 Before ``min_labelled_rows`` labelled post-promotion decisions exist the guard waits. When the logs
 cannot vouch for the previous policy's decisions (coverage or ESS of its estimate under the gates'
 minimum) no automatic rollback happens: the report says so and a person may run `loop rollback`.
-The guard watches a promotion until its guard weeks' labels can be mature (``guard_weeks`` weeks plus
+Rows of segments held in safe mode are left out: there neither champion decides. The guard watches a
+promotion until its guard weeks' labels can be mature (``guard_weeks`` weeks plus
 ``maturity_days`` after it), then stops. A restored champion (a rollback) is not guarded.
 
 Labels are the training set's mature labels (features/training_set.py), as on the test weeks behind
@@ -39,6 +40,7 @@ from features.spec import ModelSpec
 from models.exploration import positive_probability
 from models.gates import coverage_problems, weekly_alpha
 from models.ope import Difference, OPEResult, estimate, logged_rows, value_difference
+from models.safe_decisions import SafeMode
 
 Action = Literal["rollback", "held", "uncovered", "wait"]
 ACTOR = "guard"
@@ -169,6 +171,7 @@ def run_guard(store, registry, spec: ModelSpec, as_of: datetime) -> dict[str, An
     not_guarded, no_claim, wait, held, uncovered, rolled_back), ``reason`` and the figures.
     """
     from features.clock import iso_week
+    from features.safe_mode import active
     from features.windows import labelled_between
     from models.policy import Policy
     from models.promotion import AuditTrail, rollback
@@ -192,9 +195,15 @@ def run_guard(store, registry, spec: ModelSpec, as_of: datetime) -> dict[str, An
                     "previous_value": claim.previous_value}
     logs = labelled_between(store, spec, period.start, period.end, as_of).filter(
         pl.col("model_version") == period.version)
+    # In a segment held in safe mode neither champion decides (the safe decision, or the floor's few): its rows
+    # say nothing about which champion to serve, and their safe decisions would only lower the coverage.
+    held = SafeMode.from_frame(active(store, model))
+    logs = logs.filter(~held.matches(logs)) if held.segments else logs
+    out["held_segments_left_out"] = held.keys
     if logs.height < spec.gates.min_labelled_rows:
-        verdict = GuardVerdict("wait", f"{logs.height} labelled decisions by version {period.version} since the promotion; "
-                                       f"the guard needs {spec.gates.min_labelled_rows}", logs.height)
+        verdict = GuardVerdict("wait", f"{logs.height} labelled decisions by version {period.version} since the promotion "
+                                       f"outside segments held in safe mode; the guard needs {spec.gates.min_labelled_rows}",
+                               logs.height)
     else:
         new = Policy(spec, registry.load(model, period.version))
         previous = Policy(spec, registry.load(model, period.previous))

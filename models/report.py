@@ -155,7 +155,9 @@ def guard_summary(model: str, week: str, guard: dict[str, Any]) -> str:
     if "version" in guard and "previous" in guard:
         lines += ["", (f"Champion v{guard['version']} (promoted {guard['promoted_at'][:16]}) against the previous "
                        f"champion v{guard['previous']}, on its labelled decisions from {guard['from'][:16]} to "
-                       f"{guard['to'][:16]}; watched until {guard['watched_until'][:10]}.")]
+                       f"{guard['to'][:16]}; watched until {guard['watched_until'][:10]}"
+                       + (f"; rows of segments held in safe mode left out ({', '.join(guard['held_segments_left_out'])})"
+                          if guard.get("held_segments_left_out") else "") + ".")]
     claim, figures = guard.get("claim"), guard.get("figures") or {}
     if claim and "gain" in figures:
         rows = [{"estimate": "gain (new - previous), at promotion", "eur_per_decision": claim["gain"],

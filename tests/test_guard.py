@@ -300,3 +300,18 @@ def test_the_monitor_flow_runs_the_guard_rolls_back_and_says_so(loop_home, tmp_p
     assert run.data.metrics["guard_rolled_back"] == 1.0 and run.data.metrics["guard_gain"] < CLAIM.gain
     assert {"reports/guard.md", "reports/patterns.md"} <= {a.path for a in runtime.registry.client.list_artifacts(
         result["run_id"], "reports")}
+
+
+def test_rows_of_segments_held_in_safe_mode_are_left_out(loop_home, tmp_path, specs):
+    from features.safe_mode import Segment, enter
+    from flows.runtime import Runtime
+    from models.registry import CHAMPION
+
+    runtime = Runtime.from_env()
+    _, v2, _ = _promoted_with_logs(runtime, specs, tmp_path, "useless")
+    # Every lead of these weeks came from the website form: held, none of them tells the two champions apart.
+    enter(runtime.store, MODEL, [Segment("source", "website_form", "fell")], PROMOTED_AT + timedelta(days=1))
+    result = run_guard(runtime.store, runtime.registry, wide_spec(specs), AS_OF)
+    assert result["status"] == "wait" and result["figures"]["rows"] == 0
+    assert result["held_segments_left_out"] == ["source=website_form"]
+    assert str(runtime.registry.version_by_alias(MODEL, CHAMPION).version) == v2

@@ -84,7 +84,7 @@ def test_too_few_rows_are_reported_but_not_tested(specs):
 
 
 def test_rate_of_positive_decision_measures_only_the_rows_that_were_acted_on(specs):
-    spec = specs["lead_scoring"]             # conversion per proposed meeting, max_drop 0.03, no floor
+    spec = specs["lead_scoring"]             # conversion per proposed meeting, max_drop 0.025, no floor
     def leads(source: str, meetings: tuple[int, int], nurtured: tuple[int, int]) -> pl.DataFrame:
         rows = [(source, "propose_meeting", meetings), (source, "nurture", nurtured)]
         return pl.concat([pl.DataFrame({"source": [s] * n, "decision": [d] * n, "outcome": [True] * k + [False] * (n - k)})
