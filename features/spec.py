@@ -362,7 +362,7 @@ def _patterns(raw: dict, features: list[Feature], path: Path) -> Patterns:
 
 def _grades(outcomes: dict, path: Path) -> tuple[tuple[str, float | str], ...]:
     """[outcomes.grades] checked: every terminal outcome graded, fixed grades in [0, 1] and on the side of the
-    binary label (positive outcomes >= 0.5, others < 0.5), or "share_kept" for a non-positive outcome."""
+    binary label (positive outcomes >= 0.5, others <= 0.5), or "share_kept" for a non-positive outcome."""
     raw = outcomes.get("grades")
     if raw is None:
         return ()
@@ -382,7 +382,7 @@ def _grades(outcomes: dict, path: Path) -> tuple[tuple[str, float | str], ...]:
         if isinstance(grade, bool) or not isinstance(grade, (int, float)) or not 0 <= grade <= 1:
             raise SpecError(f"{path}: [outcomes.grades] {outcome} = {grade!r}: a grade is a number in [0, 1] or "
                             f"\"{SHARE_KEPT}\"")
-        if (outcome in positive) != (grade >= 0.5):
+        if (grade < 0.5) if outcome in positive else (grade > 0.5):
             raise SpecError(f"{path}: [outcomes.grades] {outcome} = {grade} contradicts the binary label "
                             f"({'positive' if outcome in positive else 'not positive'})")
         grades.append((outcome, float(grade)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +108,10 @@ def calibrate(pipeline: Pipeline, split: Split, spec: ModelSpec) -> TrainedModel
     method = wanted if wanted == "sigmoid" or positives >= spec.training.isotonic_min_positives else "sigmoid"
     calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
     fit_params = {} if weights is None else {"sample_weight": weights.to_numpy()}
-    calibrated.fit(sklearn_inputs(rows, spec), rows.get_column("label").to_numpy(), **fit_params)
+    with warnings.catch_warnings():
+        # The weights are meant for the calibrator only: the frozen pipeline was fitted (with its own weights) before.
+        warnings.filterwarnings("ignore", message="Since FrozenEstimator does not appear to accept sample_weight")
+        calibrated.fit(sklearn_inputs(rows, spec), rows.get_column("label").to_numpy(), **fit_params)
     cal_grades = grades_of(split.calibration)
     global_scores = calibrated.predict_proba(sklearn_inputs(split.calibration, spec))[:, 1]
     cal_scores, choice = segmented_thresholds(global_scores, cal_grades, split.calibration, spec, _weeks(split.calibration))

@@ -21,9 +21,10 @@ REPLY_SPEC = REPO / "data" / "specs" / "reply_acceptance.toml"
 @pytest.mark.parametrize(("old", "new", "message"), [
     ("edited = \"share_kept\"", "edited = 1.4", "a grade is a number in [0, 1]"),
     ("rejected = 0.0\n", "rejected = 0.0\nbounced = 0.0\n", "not one of the outcome values"),
-    ("recontacted = 0.0\n", "", "misses terminal outcomes ['recontacted']"),
+    ("recontacted = 0.5\n", "", "misses terminal outcomes ['recontacted']"),
     ("accepted = 1.0", "accepted = \"share_kept\"", "only a non-positive outcome"),
     ("complained = 0.0", "complained = 0.9", "contradicts the binary label"),
+    ("resolved = 1.0", "resolved = 0.4", "contradicts the binary label"),
 ])
 def test_the_spec_refuses_grades_that_do_not_fit_its_outcomes(old, new, message):
     text = REPLY_SPEC.read_text(encoding="utf-8")

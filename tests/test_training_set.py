@@ -46,9 +46,9 @@ def test_label_maturity_rule(specs):
 
 
 def test_time_split_tests_on_the_most_recent_weeks_and_fits_on_the_oldest(specs):
-    spec = specs["reply_acceptance"]        # test_rows 2000, calibration_rows 3000
+    spec = specs["reply_acceptance"]        # test_rows 2000, calibration_rows 6000
     start = datetime(2026, 1, 5, 8, tzinfo=UTC)
-    n = 12000
+    n = 20000
     frame = pl.DataFrame({"decided_at": [start + timedelta(minutes=10 * i) for i in range(n)],
                           "label": [i % 2 for i in range(n)]})
     from features.training_set import iso_week_expr
@@ -84,7 +84,7 @@ def test_graded_outcomes_map_to_grades_as_the_spec_says(specs):
     labelled = with_labels(actions, outcomes, spec, AS_OF).collect()
     grades = dict(zip(labelled["action_id"], labelled["grade"], strict=True))
     assert grades == {"accepted": 1.0, "edited_kept": 0.8, "edited_unknown": spec.outcomes.share_kept_default,
-                      "rejected": 0.0, "resolved": 1.0, "complained": 0.0, "recontacted": 0.0, "audit_pass": 1.0,
+                      "rejected": 0.0, "resolved": 1.0, "complained": 0.0, "recontacted": 0.5, "audit_pass": 1.0,
                       "silent_old": 0.0, "silent_young": None, "edited_then_audited": 1.0}
     # The binary label is unchanged: only positive outcomes are 1.
     labels = dict(zip(labelled["action_id"], labelled["label"], strict=True))
