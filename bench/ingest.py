@@ -260,14 +260,18 @@ class StageTimer:
     """Wraps the functions ``ingest_file`` calls to see where the time goes (overhead: microseconds).
 
     Names that do not exist (the ingest module changed) are skipped; what is not covered shows
-    as ``other`` (e.g. hashing the file, the outcome model lookup).
+    as ``other`` (e.g. hashing the file, the outcome model lookup). Some steps run in background
+    threads (hashing the file, reading and pseudonymising the next batch, reading the key indexes,
+    writing the Parquet files): their times overlap the others', so the steps can add up to more
+    than the total; ``append_finish`` is the wait for the writers at the end.
     """
 
     MODULE_FUNCS = ["_file_digest_and_check", "read_events", "read_batches", "validate_rows", "pseudonymise",
                     "_conflicts_with_store", "_settle"]
     STORE_METHODS = ["append_actions", "insert_outcomes", "append_outcomes", "insert_quarantine", "record_ingest",
                      "recover", "action_index", "outcome_index"]
-    CACHE_METHODS = [("KnownActions", "candidates", "known_action_ids"), ("KeyIndex", "contains", "key_lookups")]
+    CACHE_METHODS = [("KnownActions", "candidates", "known_action_ids"), ("KeyIndex", "contains", "key_lookups"),
+                     ("TableStream", "put", "append_queue"), ("TableStream", "close", "append_finish")]
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -610,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         stages = details[kind]["stages"]
         if stages:
             total = results[f"{kind}_seconds"]
-            print(f"\nwhere the {kind} time goes ({total:.2f} s):")
+            print(f"\nwhere the {kind} time goes ({total:.2f} s; steps in background threads overlap the others):")
             for name, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
                 print(f"  {name:24s} {seconds:7.2f} s  {seconds / total:6.1%}")
     print(f"\nparquet vs pandas: {results['parquet_vs_pandas_ratio']:.1f}x   csv vs pandas: {results['csv_vs_pandas_ratio']:.1f}x "

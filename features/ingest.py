@@ -13,6 +13,7 @@ import codecs
 import hashlib
 import io
 import os
+import queue
 import shutil
 import signal
 import threading
@@ -276,18 +277,64 @@ def _provenance(ingest_id: str, now: datetime, source: str) -> list[pl.Expr]:
             pl.lit(source).alias("source_file")]
 
 
-def _store_batch(batch: pl.DataFrame, first_row: int, source: str, store: EventStore, clock: Clock, key: bytes,
-                 ingest_id: str, report: IngestReport, known: KnownKeys, held: _Held,
-                 appends: _Appends) -> list[pl.DataFrame]:
-    """Validate one batch and append its new rows; returns its rejected rows (quarantine is written once per file).
+def _pseudonymised(batch: pl.DataFrame, key: bytes) -> pl.DataFrame:
+    """The batch with its identifiers pseudonymised: the first thing, before validation, so no raw
+    identifier reaches any table, the quarantine's copy of a rejected row included (its replay
+    passes pseudonyms through unchanged)."""
+    if "entity_id" not in batch.columns:
+        return batch
+    return batch.with_columns(pseudonymise(batch.get_column("entity_id").cast(pl.String), key).alias("entity_id"))
+
+
+def _read_ahead(items: Iterator[T], name: str) -> Iterator[T]:
+    """The items, each made in a background thread while the caller works on the one before.
+
+    Reading and pseudonymising a batch run in polars outside the GIL, so they overlap with the
+    checks and writes of the previous batch. One item is made ahead (bounded memory); an error
+    making one is raised where it would have been.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand_over(entry: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def make() -> None:
+        try:
+            for item in items:
+                if not hand_over(("item", item)):
+                    return
+            hand_over(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            hand_over(("error", exc))
+
+    threading.Thread(target=make, name=name, daemon=True).start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+
+
+def _store_batch(batch: pl.DataFrame, first_row: int, source: str, store: EventStore, clock: Clock, ingest_id: str,
+                 report: IngestReport, known: KnownKeys, held: _Held, appends: _Appends) -> list[pl.DataFrame]:
+    """Validate one batch (already ``_pseudonymised``) and append its new rows; returns its rejected rows
+    (quarantine is written once per file).
 
     Rows whose key hash is already stored are held back in ``held`` for ``_settle``.
     """
     now = clock.now()
-    if "entity_id" in batch.columns:
-        # First thing, before validation: then no raw identifier reaches any table, the quarantine's
-        # copy of a rejected row included (its replay passes pseudonyms through unchanged).
-        batch = batch.with_columns(pseudonymise(batch.get_column("entity_id").cast(pl.String), key).alias("entity_id"))
     validated = validate_rows(batch, store.specs, now, first_row)
     report.rows_read += validated.rows_read
     report.duplicates += validated.duplicates_in_file
@@ -371,6 +418,12 @@ def _settle(store: EventStore, known: KnownKeys, held: _Held, report: IngestRepo
     that is stored is a duplicate. A held row that only shared a hash with a stored key is stored now.
     """
     rejected = []
+    outcomes = pl.concat(held.outcomes) if held.outcomes else None
+    if outcomes is not None:
+        # The stored keys' second hashes are read while the actions are settled.
+        stored_keys = _in_background(
+            lambda: store.scan_all_outcomes().filter(pl.col("key_hash").is_in(outcomes.get_column("key_hash").unique().implode()))
+            .select("key_hash", "key_check").unique().collect(), "settle outcomes")
     for model, parts in held.actions.items():
         conflicting = _settle_actions(store, model, pl.concat(parts), known, report)
         if conflicting.height:
@@ -379,16 +432,13 @@ def _settle(store: EventStore, known: KnownKeys, held: _Held, report: IngestRepo
                 pl.col(ROW).alias("row_number"),
                 pl.format("duplicate action_id '{}' with conflicting content already stored", pl.col("action_id")).alias("reason"),
                 pl.col("__raw").alias("raw")))
-    if held.outcomes:
+    if outcomes is not None:
         # A stored row with the same key_hash and key_check has the same key: 128 bits of it agree.
-        rows = pl.concat(held.outcomes)
-        stored = (store.scan_all_outcomes().filter(pl.col("key_hash").is_in(rows.get_column("key_hash").unique().implode()))
-                  .select("key_hash", "key_check").unique().collect())
-        new = (rows.join(stored, on=["key_hash", "key_check"], how="anti", maintain_order="left")
+        new = (outcomes.join(stored_keys.result(), on=["key_hash", "key_check"], how="anti", maintain_order="left")
                .unique(subset=OUTCOME_KEY, keep="first", maintain_order=True))
         report.outcomes_stored += store.append_outcomes(new)
         known.outcomes().add(new.get_column("key_hash"))
-        report.duplicates += rows.height - new.height
+        report.duplicates += outcomes.height - new.height
     return rejected
 
 
@@ -443,11 +493,11 @@ def ingest_batches(batches: Iterable[tuple[pl.DataFrame, int]], source: str, dig
     crash_point("started")
     rejected: list[pl.DataFrame] = []
     known, held, appends = KnownKeys(store), _Held(), _Appends(store)
+    ahead = _read_ahead(((_pseudonymised(batch, key), first_row) for batch, first_row in batches), f"read {source}")
     try:
-        for batch, first_row in batches:
+        for batch, first_row in ahead:
             known.prefetch(batch)
-            rejected += _store_batch(batch, first_row, source, store, clock, key, ingest_id, report, known, held,
-                                     appends)
+            rejected += _store_batch(batch, first_row, source, store, clock, ingest_id, report, known, held, appends)
         content = digest() if callable(digest) else digest
         appends.close()
         rejected += _settle(store, known, held, report)
@@ -460,6 +510,8 @@ def ingest_batches(batches: Iterable[tuple[pl.DataFrame, int]], source: str, dig
     except BaseException:
         appends.abort()
         raise
+    finally:
+        ahead.close()
     report.quarantined = _quarantine(pl.concat(rejected), source, content, store, clock, ingest_id)
     crash_point("quarantine")
     store.record_ingest(ingest_id, "complete", clock.now(), source, report.as_dict())
@@ -515,8 +567,8 @@ def replay_quarantine(store: EventStore, clock: Clock, key: bytes) -> IngestRepo
             report = IngestReport(files=1)
             known, held, appends = KnownKeys(store), _Held(), _Appends(store)
             try:
-                rejected = _store_batch(frame, 1, f"replay:{source}", store, clock, key, ingest_id, report, known,
-                                        held, appends)
+                rejected = _store_batch(_pseudonymised(frame, key), 1, f"replay:{source}", store, clock, ingest_id,
+                                        report, known, held, appends)
                 appends.close()
             except BaseException:
                 appends.abort()
