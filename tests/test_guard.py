@@ -279,8 +279,9 @@ def test_the_monitor_flow_runs_the_guard_rolls_back_and_says_so(loop_home, tmp_p
     folder = tmp_path / "specs"
     folder.mkdir()
     lead = specs[MODEL].source_text
-    assert lead.count("share = 0.05\nband = 0.05") == 1
-    (folder / "lead_scoring.toml").write_text(lead.replace("share = 0.05\nband = 0.05", "share = 0.2\nband = 0.2"))
+    old = "share = 0.05\nband = 0.03 "
+    assert lead.count(old) == 1
+    (folder / "lead_scoring.toml").write_text(lead.replace(old, "share = 0.2\nband = 0.2 "))
     (folder / "reply_acceptance.toml").write_text(specs["reply_acceptance"].source_text)
     monkeypatch.setenv("LOOP_SPECS_DIR", str(folder))
     runtime = Runtime.from_env()
