@@ -497,7 +497,9 @@ def machine() -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+    # On a shared machine the load says how far the times are from what the code can do.
     return {"cpus": os.cpu_count(), "cpu_model": cpu, "memory_gib": round(mem, 1),
+            "load_average_1m": round(os.getloadavg()[0], 2),
             "python": platform.python_version(), "polars": pl.__version__, "deltalake": deltalake.__version__,
             "pandas": pandas.__version__, "numpy": np.__version__}
 

@@ -45,7 +45,8 @@ from features.validate import ROW, FileRejected, as_text, validate_rows
 
 T = TypeVar("T")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-# Rows per batch when reading a file: memory grows with it (polars reads a few batches ahead).
+# Rows per batch when reading a file (LOOP_INGEST_BATCH_ROWS, see features/settings.py): memory grows
+# with it (one batch is read ahead, and polars' CSV reader reads further ahead).
 BATCH_ROWS = int(os.environ.get("LOOP_INGEST_BATCH_ROWS", "200000"))
 _READ_CHUNK = 16 * 1024 * 1024
 

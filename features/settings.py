@@ -23,6 +23,7 @@ DOCUMENTED = {
     "LOOP_ALERT_WEBHOOK_URL": ("unset: no alerts", "webhook that drift alarms, pending approvals, rollbacks, guard shortfalls and failed runs are sent to"),
     "LOOP_RETENTION_MONTHS": ("24", "events older than this are dropped by the daily maintenance"),
     "LOOP_VACUUM_RETENTION_HOURS": ("168", "old Delta versions are vacuumed after this many hours"),
+    "LOOP_INGEST_BATCH_ROWS": ("200000", "rows per batch when reading a file (memory vs speed)"),
     "LOOP_API_WAL": ("$LOOP_HOME/api-wal", "the scoring service's write-ahead log (one folder per service process)"),
     "LOOP_API_TOKEN": ("unset: no auth on 127.0.0.1", "bearer token the scoring API requires; needed to bind elsewhere"),
     "LOOP_API_FLUSH_SECONDS": ("10", "the scoring service moves its log into the store at least this often"),
