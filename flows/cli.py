@@ -389,17 +389,19 @@ def safe_mode_cmd(model: Annotated[str | None, typer.Argument(help="Only this mo
     if model is not None and model not in runtime.specs:
         _fail(f"unknown model '{model}' (known: {', '.join(runtime.specs)})")
     rows = events(runtime.store, model) if history else active(runtime.store, model)
-    rows = rows.with_columns(pl.col(pl.Datetime).dt.to_string())
     if as_json:
-        print(json.dumps(rows.to_dicts(), indent=2))
+        print(json.dumps(rows.with_columns(pl.col(pl.Datetime).dt.to_string()).to_dicts(), indent=2))
         return
     if rows.is_empty():
         console.print("no segment is in safe mode" if not history else "no safe-mode events")
         return
+    shown = rows.select("model", pl.format("{}={}", "column", "value").alias("segment"),
+                        *(["event"] if history else []),
+                        pl.col("at" if history else "since").dt.strftime("%Y-%m-%d %H:%M").alias("at"), "actor", "reason")
     table = Table(title="safe-mode events" if history else "segments in safe mode")
-    for col in rows.columns:
+    for col in shown.columns:
         table.add_column(col, overflow="fold")
-    for row in rows.iter_rows():
+    for row in shown.iter_rows():
         table.add_row(*(str(v) for v in row))
     console.print(table)
 

@@ -316,3 +316,18 @@ def test_rows_of_segments_held_in_safe_mode_are_left_out(loop_home, tmp_path, sp
     assert result["status"] == "wait" and result["figures"]["rows"] == 0
     assert result["held_segments_left_out"] == ["source=website_form"]
     assert str(runtime.registry.version_by_alias(MODEL, CHAMPION).version) == v2
+
+
+def test_with_held_rows_left_out_the_bar_is_the_previous_champion_not_the_claim(spec):
+    # The new champion delivers far less than claimed (60) but is not worse than the previous one: the claim,
+    # measured with rows that are now held, cannot be held against it.
+    frame = logs(spec, "helpful")
+    x = frame["x"].to_numpy()
+    optimistic = dataclasses.replace(CLAIM, gain=60.0)
+    kept = guard_verdict(spec, frame, x, NEW, x, NEW, optimistic, claim_comparable=False)   # the same policy twice
+    assert kept.gain.difference == 0.0 and kept.action == "held" and "not comparable" in kept.reason
+    assert guard_verdict(spec, frame, x, NEW, x, NEW, optimistic).action == "rollback"      # against the claim: short
+    # Clearly worse than the previous champion is rolled back either way.
+    worse = logs(spec, "useless")
+    wx = worse["x"].to_numpy()
+    assert guard_verdict(spec, worse, wx, NEW, wx, PREVIOUS, optimistic, claim_comparable=False).action == "rollback"
