@@ -15,7 +15,9 @@ global calibration and the global threshold.
 
 Thresholds follow from the recalibrated scores: each calibrated segment gets the spec's objective
 applied to its own rows (for replies: the lowest threshold whose Wilson lower bound of graded
-acceptance reaches the target *in that segment*); the default threshold is chosen on all rows.
+acceptance reaches the target *in that segment*); the default threshold is chosen on all rows and,
+for a precision target, raised if needed so that the target also holds on the rows of the segments
+that decide by it (too few rows may then mean no positive decision for them yet).
 The recalibration is part of the registered model (``SegmentCalibrated`` wraps the calibrated
 pipeline), so whoever scores with the model scores with it.
 """
@@ -161,8 +163,18 @@ def segmented_thresholds(scores: np.ndarray, grades: np.ndarray, frame: pl.DataF
     segments = frame.get_column(column)
     calibration = fit_segment_calibration(scores, grades, segments, spec.segments.min_rows, spec.segments.prior_rows)
     recalibrated = calibration.apply(scores, segments)
+    grades = np.asarray(grades, float)
     default = choose_threshold(recalibrated, grades, spec.objective, weeks)
     names = segments.cast(pl.String).to_numpy()
+    others = ~np.isin(names, list(calibration.coefficients))
+    if spec.objective.kind == "precision_target" and others.any():
+        # A precision target must also hold for the rows that decide by the default: small segments
+        # (complaints in the first weeks) would otherwise ride on the acceptance of the large ones.
+        rest = choose_threshold(recalibrated[others], grades[others], spec.objective, weeks)
+        if rest.threshold > default.threshold:
+            default = ThresholdChoice(rest.threshold, default.objective_value, default.positive_share, default.curve,
+                                      f"{rest.reason} on the {int(others.sum())} rows of segments without their own "
+                                      f"threshold (on all rows: {default.threshold:.3f})")
     by_segment = {}
     for segment in calibration.coefficients:
         own = names == segment

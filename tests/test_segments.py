@@ -95,3 +95,26 @@ def test_complaints_need_a_higher_score_and_every_segment_meets_the_target_out_o
         assert new_truth[one].mean() >= target
         assert new_truth[one & complaint].mean() < target
     assert complaints_sent >= 3          # complaints are auto-sent, only at a higher score
+
+
+def test_segments_without_their_own_threshold_still_meet_the_target(spec):
+    """Complaints too few for a calibration of their own decide by the default threshold: it must hold for them
+    too, not only on all rows (where order-status questions carry them)."""
+    target = spec.objective.target_acceptance
+    sizes = {"order_status": 3000, "complaint": 250, "return": 1500}
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        frame, scores, truth = _draw(rng, sizes)
+        grades = (rng.random(scores.size) < truth).astype(float)
+        _, choice = segmented_thresholds(scores, grades, frame, spec, weeks=1)
+        assert "complaint" not in choice.thresholds.by_segment
+        new, new_scores, new_truth = _draw(np.random.default_rng(200 + seed), {k: 100_000 for k in sizes})
+        sent = choice.calibration.apply(new_scores, new["intent"]) >= choice.thresholds.for_rows(new)
+        complaint = (new["intent"] == "complaint").to_numpy()
+        assert not (sent & complaint).any() or new_truth[sent & complaint].mean() >= target, seed
+        # On all rows alone the default would let complaints through below the target.
+        every = segmented_thresholds(scores, grades, frame.with_columns(pl.lit("any").alias("intent")),
+                                     dataclasses.replace(spec, segments=dataclasses.replace(spec.segments, min_rows=10**6)),
+                                     weeks=1)[1].thresholds.default
+        loose = (new_scores >= every) & complaint
+        assert loose.any() and new_truth[loose].mean() < target
