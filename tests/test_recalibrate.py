@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from datetime import timedelta
 
 import numpy as np
@@ -62,7 +64,9 @@ def test_scores_that_became_too_high_are_recalibrated_on_the_champions_pipeline(
     spec, key = specs[MODEL], runtime.settings.pseudonym_key
     world = World(WorldConfig(seed=21, leads_per_week=2000), specs)
     # The champion: trained, calibrated and tested while the world was as it learnt it.
-    trained = fit_model(Split(*(_labelled(world, w) for w in range(3))), spec)
+    # A pooled champion (the constructed labels do not depend on the decision): recalibration keeps its kind.
+    pooled = dataclasses.replace(spec, training=dataclasses.replace(spec.training, decision_aware=False))
+    trained = fit_model(Split(*(_labelled(world, w) for w in range(3))), pooled)
     _, champion_version = runtime.registry.log_training(
         spec, trained, lineage={"as_of": world.week_start(3).isoformat(), "rows": 6000}, input_example=_labelled(world, 0).head(5),
         week="2026-W03", plots={}, run_name="champion")

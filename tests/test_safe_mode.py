@@ -154,7 +154,10 @@ def _leads(n: int, source: str) -> pl.DataFrame:
 
 
 def test_the_batch_decisions_follow_the_safe_mode_table(loop_home, specs):
-    spec = specs["lead_scoring"]               # the cold-start rule proposes a meeting to every referral
+    # The cold-start rule proposes a meeting to every referral; without its own exploration here, so the
+    # only random decisions are the safe-mode floor's.
+    spec = dataclasses.replace(specs["lead_scoring"],
+                               exploration=dataclasses.replace(specs["lead_scoring"].exploration, share=0.0))
     store = Runtime.from_env().store
     enter(store, "lead_scoring", [Segment("source", "referral", "fell")], NOW)
     policy = Policy(spec, None, SafeMode.from_frame(active(store, "lead_scoring")))
@@ -175,7 +178,7 @@ def test_the_scoring_service_picks_up_a_held_and_a_cleared_segment_without_a_res
     service = ScoringService(runtime.specs, runtime.store, runtime.registry, b"k", ServiceSettings(wal_dir=tmp_path / "wal"))
     try:
         service.reload_champions()
-        assert (service.decide("lead_scoring", _leads(300, "referral"))["decision"] == "propose_meeting").all()
+        assert (service.decide("lead_scoring", _leads(300, "referral"))["decision"] == "propose_meeting").mean() > 0.9
 
         enter(runtime.store, "lead_scoring", [Segment("source", "referral", "fell")], NOW)
         assert service.reload_champions() == {}                   # no new version, but a new safe mode
@@ -185,7 +188,8 @@ def test_the_scoring_service_picks_up_a_held_and_a_cleared_segment_without_a_res
 
         clear(runtime.store, "lead_scoring", "source", "referral", "anna", "fixed", NOW)
         service.reload_champions()
-        assert (service.decide("lead_scoring", _leads(300, "referral"))["decision"] == "propose_meeting").all()
+        # The rule itself explores a few percent of its decisions; held, the referrals were nearly all nurtured.
+        assert (service.decide("lead_scoring", _leads(300, "referral"))["decision"] == "propose_meeting").mean() > 0.9
         assert service.health.safe_mode["lead_scoring"] == []
     finally:
         service.wal.close()
