@@ -345,6 +345,7 @@ class EventStore:
     def __init__(self, uri: str, specs: dict[str, ModelSpec]) -> None:
         self.uri = uri.rstrip("/")
         self.specs = specs
+        self._writer_thread: int | None = None   # the thread inside writer(), which may enter it again
 
     # -- locations ---------------------------------------------------------------------------
     def actions_uri(self, model: str) -> str:
@@ -420,7 +421,12 @@ class EventStore:
 
         The lock is an OS file lock, so it serialises writers on one machine (a shared local or
         network file system). On object storage a single writer process must be arranged instead.
+        Re-entrant for the thread holding it (a second flock on a new descriptor of the same file
+        would wait for itself): the guard rolls back, and rollback takes the lock, under the lock.
         """
+        if self._writer_thread == threading.get_ident():
+            yield
+            return
         self.check_version()
         if not _is_local(self.uri):
             if self.schema_version() is None:
@@ -432,12 +438,14 @@ class EventStore:
         root.mkdir(parents=True, exist_ok=True)
         with open(root / ".writer.lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
+            self._writer_thread = threading.get_ident()
             try:
                 if self.schema_version() is None:
                     self._mark_version(SCHEMA_VERSION)
                 self.recover()
                 yield
             finally:
+                self._writer_thread = None
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     @staticmethod
