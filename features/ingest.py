@@ -235,8 +235,8 @@ class _Held:
 
 
 class _Appends:
-    """One ingest's appends: a stream per table, so each table gets one commit for the whole source
-    and its files are written in the background while the next batch is read and checked."""
+    """One ingest's appends: a TableStream per table, so its files are written in the background
+    while the next batch is read and checked."""
 
     def __init__(self, store: EventStore) -> None:
         self.store = store

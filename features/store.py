@@ -254,16 +254,16 @@ def writer_properties(schema: Mapping[str, pl.DataType]) -> WriterProperties:
 _END, _ABORT = object(), object()
 
 
-class _Aborted(Exception):
-    pass
-
-
 class TableStream:
-    """One table's appends of one ingest, put batch by batch and committed once, on ``close``.
+    """One table's appends of one ingest, put batch by batch and written by a background thread.
 
-    A background thread writes the Parquet files while the caller prepares the next batch
-    (delta-rs releases the GIL), so a second core is used; a small queue bounds the memory.
-    Nothing is visible before ``close`` commits, and ``abort`` commits nothing.
+    The thread writes what is queued while the caller prepares the next batch (delta-rs releases
+    the GIL), so a second core is used; a small queue bounds the memory, and batches that queued
+    up while it wrote go into one commit. Each write hands delta-rs a complete table: a stream
+    pulled from Python would block delta-rs' runtime threads while it waits for the next batch,
+    and with as many streams as cores (two action tables and the outcomes on two cores) every
+    runtime thread waited and the ingest hung. The rows stay invisible to readers until the
+    ingest's ledger entry completes; ``abort`` writes nothing more.
     """
 
     def __init__(self, uri: str, prepare: Callable[[pl.DataFrame], pl.DataFrame],
@@ -274,35 +274,32 @@ class TableStream:
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
-        self._aborted = False
 
     def put(self, rows: pl.DataFrame) -> int:
         """Queue the rows for writing (blocks while the writer is two batches behind); returns how many."""
         if rows.is_empty():
             return 0
         rows = self._prepare(rows)
-        table = rows.to_arrow(compat_level=pl.CompatLevel.newest())
         if self._thread is None:
             self._check(self.uri, rows)
-            self._thread = threading.Thread(target=self._write, args=(table.schema, writer_properties(rows.schema)),
+            self._thread = threading.Thread(target=self._write, args=(writer_properties(rows.schema),),
                                             name=f"append {self.uri}", daemon=True)
             self._thread.start()
-        self._queue.put(table)
+        self._queue.put(rows.to_arrow(compat_level=pl.CompatLevel.newest()))
         self._raise()
         self.rows += rows.height
         return rows.height
 
     def close(self) -> None:
-        """Commit everything put (no commit when nothing was put)."""
+        """Wait until everything put is written."""
         if self._thread is not None:
             self._queue.put(_END)
             self._thread.join()
             self._raise()
 
     def abort(self) -> None:
-        """Stop writing and commit nothing (the files written so far stay unreferenced until a vacuum)."""
+        """Write nothing more (what was written stays invisible: its ingest never completes)."""
         if self._thread is not None:
-            self._aborted = True
             self._queue.put(_ABORT)
             self._thread.join()
 
@@ -310,26 +307,26 @@ class TableStream:
         if self._failure is not None:
             raise self._failure
 
-    def _write(self, schema, properties: WriterProperties) -> None:
+    def _write(self, properties: WriterProperties) -> None:
         import pyarrow as pa
         from deltalake import write_deltalake
 
-        def batches():
-            while (item := self._queue.get()) is not _END:
-                if item is _ABORT:
-                    raise _Aborted
-                yield from item.to_batches()
-
-        try:
-            write_deltalake(self.uri, pa.RecordBatchReader.from_batches(schema, batches()), mode="append",
-                            schema_mode="merge", writer_properties=properties)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by _raise
-            if self._aborted:
+        while True:
+            tables = [self._queue.get()]
+            while tables[-1] is not _END and tables[-1] is not _ABORT and not self._queue.empty():
+                tables.append(self._queue.get())
+            done = tables[-1] is _END or tables[-1] is _ABORT
+            if tables[-1] is _ABORT:
                 return
-            self._failure = exc
-            # Keep taking batches until the caller closes or aborts, so it never blocks on a full queue.
-            while (item := self._queue.get()) is not _END and item is not _ABORT:
-                pass
+            tables = [t for t in tables if t is not _END]
+            if tables and self._failure is None:   # after a failure, only take batches until close or abort
+                try:
+                    write_deltalake(self.uri, pa.concat_tables(tables), mode="append", schema_mode="merge",
+                                    writer_properties=properties)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by _raise
+                    self._failure = exc
+            if done:
+                return
 
 
 def _is_local(uri: str) -> bool:
@@ -517,11 +514,11 @@ class EventStore:
         return rows.height
 
     def action_stream(self, model: str) -> TableStream:
-        """``append_actions`` batch by batch into one commit (see TableStream)."""
+        """``append_actions`` batch by batch, written in the background (see TableStream)."""
         return TableStream(self.actions_uri(model), lambda rows: self._action_rows(model, rows), self._prepare_append)
 
     def outcome_stream(self) -> TableStream:
-        """``append_outcomes`` batch by batch into one commit (see TableStream)."""
+        """``append_outcomes`` batch by batch, written in the background (see TableStream)."""
         return TableStream(self.outcomes_uri, self._outcome_rows, self._prepare_append)
 
     def action_index(self, model: str) -> KeyIndex:

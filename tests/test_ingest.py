@@ -221,7 +221,9 @@ def test_rows_that_only_share_a_hash_with_stored_rows_are_told_apart_by_their_re
     import features.ingest
     import features.store
 
-    same = lambda expr: pl.lit(42, pl.Int64)                                        # noqa: E731
+    def same(expr: pl.Expr) -> pl.Expr:
+        return pl.lit(42, pl.Int64)
+
     key_hash = features.store.outcome_key_hash
     monkeypatch.setattr(features.store, "action_id_hash", same)
     monkeypatch.setattr(features.ingest, "action_id_hash", same)
@@ -246,6 +248,35 @@ def test_rows_that_only_share_a_hash_with_stored_rows_are_told_apart_by_their_re
     outcomes = store.scan_outcomes().sort("action_id", "outcome").collect()
     assert outcomes.select("action_id", "outcome").rows() == [
         ("a1", "lost"), ("a2", "lost"), ("a3", "lost"), ("a4", "lost"), ("s1", "lost"), ("s2", "converted"), ("s2", "lost")]
+
+
+def test_actions_of_two_models_and_outcomes_in_several_batches_are_stored_without_hanging(tmp_path, store):
+    """Three tables written at once, in several batches each (as the scoring service's log flush does):
+    with the writes fed to delta-rs as streams, all of its runtime threads waited for the next batch
+    and the ingest hung on a 2-core machine."""
+    import threading
+
+    from features.ingest import ingest_batches
+
+    replies = pl.DataFrame([{**lead_action(f"r{i}"), "model": "reply_acceptance", "decision": "auto_send",
+                             "intent": "return", "language": "de", "customer_tier": "standard",
+                             "template_id": "ret_v1", "message_length": "120", "has_attachment": "false"}
+                            for i in range(6)]).drop("source", "industry", "region", "company_size", "pages_visited",
+                                                     "email_opens", "requested_demo")
+    leads = pl.DataFrame([lead_action(f"l{i}") for i in range(6)])
+    outcomes = pl.DataFrame({"action_id": ["l0", "r0", "l1"], "observed_at": "2026-01-20T09:00:00+00:00",
+                             "outcome": ["converted", "accepted", "lost"], "revenue": ["100", "", ""]})
+    batches = [(leads.slice(0, 3), 1), (replies.slice(0, 3), 4), (leads.slice(3), 7), (replies.slice(3), 10),
+               (outcomes, 13)]
+    reports = []
+    with store.writer():
+        worker = threading.Thread(target=lambda: reports.append(
+            ingest_batches(batches, "three-tables", "digest", store, SimulatedClock(NOW), KEY)), daemon=True)
+        worker.start()
+        worker.join(timeout=120)
+    assert not worker.is_alive(), "the ingest hung"
+    assert (reports[0].actions_stored, reports[0].outcomes_stored, reports[0].quarantined) == (12, 3, 0)
+    assert store.scan_actions("reply_acceptance").collect().height == 6
 
 
 def test_a_conflict_with_the_store_is_quarantined_with_its_line_and_the_row_as_received(tmp_path, store):

@@ -151,8 +151,8 @@ def test_migrate_gives_rows_stored_before_their_hashes_so_repeats_and_conflicts_
     with pytest.raises(StoreError, match="loop migrate"):
         store.scan_actions("lead_scoring").collect()
 
-    assert migrate(store, T1) == ["layout 2 -> 3: added key hashes to the rows stored before "
-                                  "(actions/lead_scoring 3, outcomes 3)"]
+    expected = "layout 2 -> 3: added key hashes to the rows stored before (actions/lead_scoring 3, outcomes 3)"
+    assert migrate(store, T1) == [expected]
     assert migrate(store, T1) == [f"already at layout {SCHEMA_VERSION}"]
     stored = pl.scan_delta(str(uri / "actions" / "lead_scoring")).collect()
     assert stored["id_hash"].null_count() == stored["content_hash"].null_count() == 0
