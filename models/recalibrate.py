@@ -28,7 +28,13 @@ from features.training_set import Split, time_split
 from models.evaluate import classification_metrics
 from models.registry import LoadedModel
 from models.segments import unwrap
-from models.train import TrainedModel, check_slices, calibrate, grades_of, predict_scores
+from models.train import (
+    TrainedModel,
+    calibrate,
+    check_slices,
+    grades_of,
+    predict_scores,
+)
 
 RECALIBRATED_FROM = "recalibrated_from"
 BASE_VERSION = "base_version"
