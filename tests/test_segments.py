@@ -9,7 +9,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from models.segments import fit_logistic_recalibration, fit_segment_calibration, logit, segmented_thresholds, sigmoid
+from models.segments import (
+    fit_logistic_recalibration,
+    fit_segment_calibration,
+    logit,
+    segmented_thresholds,
+    sigmoid,
+)
 
 # The global score is right on average, but within intents it is not: order-status drafts are better than
 # their score says, complaints worse (logit shifts). Returns are too few for a calibration of their own.
