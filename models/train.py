@@ -78,11 +78,15 @@ def _weeks(frame: pl.DataFrame) -> float:
     return max(frame.get_column("week").n_unique(), 1) if frame.height else 1.0
 
 
-def check_slices(split: Split, names: tuple[str, ...] = ("fit", "calibration", "test")) -> None:
+def check_slices(split: Split, names: tuple[str, ...] = ("fit", "calibration", "test"), decision: str | None = None) -> None:
+    """Each named slice holds both outcomes; with ``decision``, the fit and calibration slices' rows of that decision."""
     for name in names:
         part = getattr(split, name)
+        which = f"the {name} slice"
+        if decision is not None and name != "test":
+            part, which = part.filter(pl.col("decision") == decision), f"the {name} slice's '{decision}' rows"
         if part.is_empty() or part.get_column("label").n_unique() < 2:
-            raise NotEnoughData(f"the {name} slice needs both outcomes; it has {part.height} rows")
+            raise NotEnoughData(f"{which} need both outcomes; there are {part.height} rows")
 
 
 def _with_grades(frame: pl.DataFrame) -> pl.DataFrame:
@@ -129,21 +133,12 @@ def fit_model(split: Split, spec: ModelSpec) -> TrainedModel:
     """Fit on the fit slice, calibrate and choose the thresholds on the calibration slice, score the test slice."""
     if spec.training.decision_aware:
         for decision in spec.decisions:
-            _require_both_outcomes(split, decision)
+            check_slices(split, decision=decision)
         pipeline = build_pipeline(spec, decision_aware=True)
         pipeline.fit(decision_inputs(split.fit, spec), split.fit.get_column("label").to_numpy())
         return calibrate_decision_aware(pipeline, split, spec)
     check_slices(split)
     return calibrate(fit_pipeline(split.fit, spec), split, spec)
-
-
-def _require_both_outcomes(split: Split, decision: str) -> None:
-    for name, part in (("fit", split.fit), ("calibration", split.calibration), ("test", split.test)):
-        if name != "test":
-            part = part.filter(pl.col("decision") == decision)
-        if part.is_empty() or part.get_column("label").n_unique() < 2:
-            which = f"the {name} slice's '{decision}' rows" if name != "test" else "the test slice"
-            raise NotEnoughData(f"{which} need both outcomes; there are {part.height} rows")
 
 
 def decision_inputs(frame: pl.DataFrame, spec: ModelSpec):
