@@ -269,7 +269,7 @@ def test_the_monitor_flow_runs_the_guard_rolls_back_and_says_so(loop_home, tmp_p
     """The weekly monitor on a Prefect API: the guard rolls back before the drift check, the rollback is
     in the guard artifact and on the monitoring run in MLflow."""
     from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     from flows.monitor import monitor_flow
     from flows.runtime import Runtime
@@ -288,14 +288,18 @@ def test_the_monitor_flow_runs_the_guard_rolls_back_and_says_so(loop_home, tmp_p
     assert runtime.spec(MODEL).exploration == wide_spec(specs).exploration
     v1, _, _ = _promoted_with_logs(runtime, runtime.specs, tmp_path, "useless", reference=True)
 
-    result = monitor_flow(MODEL, AS_OF, emit_trigger=False)
+    state = monitor_flow(MODEL, AS_OF, emit_trigger=False, return_state=True)
+    result = state.result()
     assert result["guard"]["status"] == "rolled_back"
     assert str(runtime.registry.version_by_alias(MODEL, CHAMPION).version) == v1
     # Drift was then measured against the restored champion.
     assert result["status"] == "checked" and str(result["champion_version"]) == v1
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["lead-scoring-guard"])))
+        # This run's artifact: the test harness is shared, other tests' monitor runs write the same key.
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["lead-scoring-guard"]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     assert found and f"**ROLLED BACK** to version {v1}" in found[0].data and "claimed at promotion +15.00" in found[0].data
     run = runtime.registry.client.get_run(result["run_id"])
     assert run.data.metrics["guard_rolled_back"] == 1.0 and run.data.metrics["guard_gain"] < CLAIM.gain
