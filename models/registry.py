@@ -26,8 +26,13 @@ PIP_REQUIREMENTS = ["scikit-learn==1.9.1", "cloudpickle", "pandas<3.1", "numpy"]
 
 
 def threshold_tag(threshold: float) -> str:
-    """The threshold as a version carries it (and the scoring service decides with it)."""
-    return f"{threshold:.6f}"
+    """The threshold as a version carries it (and the scoring service decides with it).
+
+    Full precision (``repr`` round-trips a float exactly): the per-segment thresholds are stored
+    unrounded, so a rounded tag would make the gates, the model card and the service disagree in
+    the last digits about which threshold the version has.
+    """
+    return repr(float(threshold))
 
 
 @dataclass(frozen=True)
