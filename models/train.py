@@ -23,6 +23,13 @@ from models.evaluate import classification_metrics
 from models.segments import SegmentCalibrated, SegmentedChoice, segmented_thresholds
 from models.thresholds import SegmentThresholds, ThresholdChoice, choose_threshold, incremental_value_threshold
 
+# Graded weights are meant for the calibrator only: the frozen pipeline was fitted (with its own
+# weights) before, so sklearn's warning that FrozenEstimator ignores them is expected. Filtered once
+# here rather than with catch_warnings around the fit, which is not thread-safe: two models train
+# side by side in threads, and one thread leaving catch_warnings drops the other's filter.
+warnings.filterwarnings("ignore", message="Since FrozenEstimator does not appear to accept sample_weight",
+                        category=UserWarning)
+
 
 def build_pipeline(spec: ModelSpec, decision_aware: bool = False) -> Pipeline:
     """Categoricals one-hot encoded (rare and unseen values grouped), numbers and booleans as they are.
@@ -112,10 +119,7 @@ def calibrate(pipeline: Pipeline, split: Split, spec: ModelSpec) -> TrainedModel
     method = wanted if wanted == "sigmoid" or positives >= spec.training.isotonic_min_positives else "sigmoid"
     calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
     fit_params = {} if weights is None else {"sample_weight": weights.to_numpy()}
-    with warnings.catch_warnings():
-        # The weights are meant for the calibrator only: the frozen pipeline was fitted (with its own weights) before.
-        warnings.filterwarnings("ignore", message="Since FrozenEstimator does not appear to accept sample_weight")
-        calibrated.fit(sklearn_inputs(rows, spec), rows.get_column("label").to_numpy(), **fit_params)
+    calibrated.fit(sklearn_inputs(rows, spec), rows.get_column("label").to_numpy(), **fit_params)
     cal_grades = grades_of(split.calibration)
     global_scores = calibrated.predict_proba(sklearn_inputs(split.calibration, spec))[:, 1]
     cal_scores, choice = segmented_thresholds(global_scores, cal_grades, split.calibration, spec, _weeks(split.calibration))
