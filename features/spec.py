@@ -155,6 +155,11 @@ class Gates:
     # longer clears `min_value_improvement`, the previous champion is restored. 0 weeks: no guard.
     guard_weeks: int = 2
     guard_margin: float = 0.0
+    # Whether a spec's first model must also beat the cold-start rule's value on the logs (the same value gate
+    # as against a champion). Off by default: with a rule as good as the shipped lead rule and 5 % exploration,
+    # the first decision-aware models rarely prove a gain, and the rule's exploration keeps costing (README,
+    # "Decision quality").
+    first_model_against_rule: bool = False
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,22 @@ def outcome_horizon_days(spec: ModelSpec) -> int:
 def window(store: EventStore, spec: ModelSpec, start: datetime, end: datetime, as_of: datetime) -> pl.DataFrame:
     """Actions decided in [start, end) with `outcome` = positive within the horizon (null while too young)."""
     complete = store.complete_ingests()
-    actions = store.scan_actions(spec.name, complete)
-    aged = positive_within(actions, store.scan_outcomes(complete), spec, as_of,
-                           outcome_horizon_days(spec)).select("action_id", "outcome")
+    return window_of(store.scan_actions(spec.name, complete), store.scan_outcomes(complete), spec, start, end, as_of)
+
+
+def window_of(actions: pl.LazyFrame, outcomes: pl.LazyFrame, spec: ModelSpec, start: datetime, end: datetime,
+              as_of: datetime) -> pl.DataFrame:
+    """``window`` on any action and outcome frames (the benchmark keeps its logs in memory)."""
+    aged = positive_within(actions, outcomes, spec, as_of, outcome_horizon_days(spec)).select("action_id", "outcome")
     return (actions.filter((pl.col("decided_at") >= _utc(start)) & (pl.col("decided_at") < _utc(end)))
             .join(aged, on="action_id", how="left").collect())
+
+
+def pattern_bounds(spec: ModelSpec, as_of: datetime, reference_end: datetime,
+                   reference_days: int = 28) -> tuple[tuple[datetime, datetime], tuple[datetime, datetime]]:
+    """(reference, current) bounds of the pattern report: see ``pattern_windows``."""
+    end = as_of - timedelta(days=outcome_horizon_days(spec))
+    return (reference_end - timedelta(days=reference_days), reference_end), (end - timedelta(days=7), end)
 
 
 def drift_windows(store: EventStore, spec: ModelSpec, as_of: datetime, reference_end: datetime,
@@ -45,9 +56,8 @@ def pattern_windows(store: EventStore, spec: ModelSpec, as_of: datetime, referen
     Current = the latest 7 days whose rows all reached the label age: [as_of - horizon - 7d, as_of - horizon),
     so every row in it is labelled at the same age as the reference's.
     """
-    end = as_of - timedelta(days=outcome_horizon_days(spec))
-    reference = window(store, spec, reference_end - timedelta(days=reference_days), reference_end, as_of)
-    return reference, window(store, spec, end - timedelta(days=7), end, as_of), (end - timedelta(days=7), end)
+    (ref_start, ref_end), (start, end) = pattern_bounds(spec, as_of, reference_end, reference_days)
+    return window(store, spec, ref_start, ref_end, as_of), window(store, spec, start, end, as_of), (start, end)
 
 
 def as_known_at(frame: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:

@@ -37,12 +37,14 @@ def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.n
                     challenger_threshold: float | np.ndarray, champion_scores: np.ndarray | None,
                     champion_threshold: float | np.ndarray | None,
                     challenger_probabilities: np.ndarray | None = None,
-                    champion_probabilities: np.ndarray | None = None) -> Evidence:
+                    champion_probabilities: np.ndarray | None = None,
+                    compare_metrics: bool = True) -> Evidence:
     """Off-policy values of both policies and the paired differences, on the test slice (new to both models).
 
     ``*_scores`` are what each threshold applies to (the policy); ``*_probabilities`` the outcome
     probabilities the paired AUC and calibration differences compare with labels (default: the scores,
-    as for a pooled model).
+    as for a pooled model). ``compare_metrics=False`` compares values only: the cold-start rule's
+    0/1 scores are no probabilities to take an AUC or a calibration error of.
 
     The test slice is the most recent labelled weeks: the challenger was neither fit nor calibrated on
     them, so its value there is out of sample. Blocks are weeks if the slice spans >= 4, else entities.
@@ -65,11 +67,12 @@ def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.n
         return Evidence(alpha, challenger_value)
     p_champion = positive_probability(champion_scores, champion_threshold, spec)
     champion_value = {m: estimate(logged, p_champion, m, **settings) for m in METHODS}
-    labels = grades_of(test)
-    differences = paired_metric_differences(
-        labels, challenger_scores if challenger_probabilities is None else challenger_probabilities,
-        champion_scores if champion_probabilities is None else champion_probabilities,
-        blocks, alpha, gates.bootstrap_resamples, seed)
+    differences = {}
+    if compare_metrics:
+        differences = paired_metric_differences(
+            grades_of(test), challenger_scores if challenger_probabilities is None else challenger_probabilities,
+            champion_scores if champion_probabilities is None else champion_probabilities,
+            blocks, alpha, gates.bootstrap_resamples, seed)
     for m in METHODS:
         differences[f"value_{m}"] = value_difference(logged, p_challenger, p_champion, m, **settings)
     return Evidence(alpha, challenger_value, champion_value, differences)
@@ -77,22 +80,30 @@ def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.n
 
 def compare_with_champion(spec: ModelSpec, trained: TrainedModel, split: Split, champion: LoadedModel | None,
                           recent: pl.DataFrame, challenger: LoadedModel) -> Comparison:
-    """Score the champion on the challenger's test slice; measure how many recent decisions would flip."""
+    """Score the champion on the challenger's test slice; measure how many recent decisions would flip.
+
+    Without a champion the incumbent is the spec's cold-start rule. With ``[gates]
+    first_model_against_rule`` the first model's policy has to beat the rule's value on the logs too,
+    not only clear the absolute gates (a rule can be near the best a model could do, and a first model
+    trained on a few weeks can be worse than it).
+    """
     champion_metrics = None
     flips = None
-    champion_scores = champion_probabilities = None
-    old = Policy(spec, champion) if champion is not None else None
+    champion_probabilities = None
+    against_rule = champion is None and spec.gates.first_model_against_rule
+    old = Policy(spec, champion) if champion is not None or against_rule else None
     new = Policy(spec, challenger)
-    if old is not None:
-        champion_scores = old.scores(split.test)
+    champion_scores = old.scores(split.test) if old is not None else None
+    if champion is not None:
         champion_probabilities = outcome_probability(champion.estimator, split.test, spec)
         champion_metrics = classification_metrics(grades_of(split.test), champion_probabilities)
         if recent.height:
             flips = flip_share(old.decisions(old.scores(recent), recent), new.decisions(new.scores(recent), recent))
     # Each row at its segment's threshold: the policies as they would decide.
     evidence = gather_evidence(spec, split.test, trained.policy_scores, new.thresholds(split.test), champion_scores,
-                               old.thresholds(split.test) if old is not None else None,
-                               trained.test_scores, champion_probabilities)
+                               old.thresholds(split.test) if old is not None else None, trained.test_scores,
+                               champion_probabilities,
+                               compare_metrics=champion is not None)
     decision = decide_promotion(spec.gates, trained.test_metrics, champion_metrics, split.test.height, flips, evidence)
     return Comparison(trained.test_metrics, champion_metrics, flips, decision, evidence)
 

@@ -53,8 +53,13 @@ def decide_promotion(gates: Gates, challenger: dict[str, float], champion: dict[
             failed.append(f"ROC AUC {auc:.3f} below the first-model gate {gates.min_auc}")
         if failed:
             return PromotionDecision("keep", tuple(failed), flip_share)
-        return PromotionDecision("promote", (f"first model: ROC AUC {auc:.3f} >= {gates.min_auc}, "
-                                             f"calibration error {ece:.3f} <= {gates.max_calibration_error}",), flip_share)
+        reasons.append(f"first model: ROC AUC {auc:.3f} >= {gates.min_auc}, "
+                       f"calibration error {ece:.3f} <= {gates.max_calibration_error}")
+        if not gates.first_model_against_rule or evidence is None or "value_dr" not in evidence.differences:
+            return PromotionDecision("promote", tuple(reasons), flip_share)
+        # The incumbent is the cold-start rule: the first model replaces it on the same value evidence a
+        # challenger needs against a champion.
+        return _value_gate(gates, evidence, reasons, flip_share, "the cold-start rule")
     if auc < champion["roc_auc"] - gates.auc_tolerance:
         failed.append(f"ROC AUC {auc:.3f} worse than champion {champion['roc_auc']:.3f} beyond tolerance {gates.auc_tolerance}")
     better_brier = challenger["brier"] < champion["brier"]
@@ -72,14 +77,26 @@ def decide_promotion(gates: Gates, challenger: dict[str, float], champion: dict[
                    f"{champion['brier']:.4f}; log loss {challenger['log_loss']:.4f} vs {champion['log_loss']:.4f}; "
                    f"calibration error {ece:.3f}")
     if evidence is not None and "dr" in evidence.challenger_value and "value_dr" in evidence.differences:
-        problems = coverage_problems(gates, evidence.challenger_value["dr"])
-        verdict, text = value_verdict(gates, evidence.differences["value_dr"], evidence.one_sided_alpha)
-        if problems:
-            # The value estimate leans on decisions the logs never saw: no number can vouch for it.
-            return PromotionDecision("await_approval", (*reasons, *problems, text, "needs a person's approval"), flip_share)
-        if verdict != "better":
-            return PromotionDecision("keep", (text, *reasons), flip_share)
-        reasons.append(text)
+        return _value_gate(gates, evidence, reasons, flip_share, "the champion")
+    return _flip_gate(gates, reasons, flip_share)
+
+
+def _value_gate(gates: Gates, evidence: Evidence, reasons: list[str], flip_share: float | None,
+                incumbent: str) -> PromotionDecision:
+    """Coverage first, then the paired value difference against the incumbent, then the flip share."""
+    problems = coverage_problems(gates, evidence.challenger_value["dr"])
+    verdict, text = value_verdict(gates, evidence.differences["value_dr"], evidence.one_sided_alpha)
+    text = text.replace("vs champion", f"vs {incumbent.removeprefix('the ')}")
+    if problems:
+        # The value estimate leans on decisions the logs never saw: no number can vouch for it.
+        return PromotionDecision("await_approval", (*reasons, *problems, text, "needs a person's approval"), flip_share)
+    if verdict != "better":
+        return PromotionDecision("keep", (text, *reasons), flip_share)
+    reasons.append(text)
+    return _flip_gate(gates, reasons, flip_share)
+
+
+def _flip_gate(gates: Gates, reasons: list[str], flip_share: float | None) -> PromotionDecision:
     if flip_share is not None and flip_share > gates.max_decision_flip_share:
         return PromotionDecision("await_approval", (*reasons, f"{flip_share:.1%} of recent decisions would flip, more than "
                                                     f"{gates.max_decision_flip_share:.0%}: needs a person's approval"), flip_share)

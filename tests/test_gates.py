@@ -128,3 +128,24 @@ def test_the_figures_reach_the_mlflow_run_and_the_artifact_markdown(spec, loop_h
                "one_sided_alpha": evidence.one_sided_alpha}
     text = retrain_summary(spec.name, "2026-W20", outcome)
     assert "Off-policy value" in text and "coverage" in text and "value_dr" in text and "95% intervals" in text
+
+
+def test_a_first_model_worse_than_the_cold_start_rule_is_kept_when_the_spec_asks(spec):
+    """The rule plays champion: its policy is the logging threshold here, and the challenger's is worse."""
+    frame, _ = world(spec, seed=6)
+    x = frame["x"].to_numpy()
+    assert true_value(spec, x, 0.65) < true_value(spec, x, LOG_THRESHOLD)
+    evidence = _evidence(spec, frame, challenger_threshold=0.65)
+    assert evidence.challenger_value["dr"].coverage >= spec.gates.min_coverage
+    assert evidence.differences["value_dr"].high < 0
+    # By default the first model needs only the absolute gates ...
+    assert decide_promotion(spec.gates, GOOD, None, frame.height, None, evidence).action == "promote"
+    # ... with first_model_against_rule it needs the value gate against the rule, and fails it.
+    strict = dataclasses.replace(spec.gates, first_model_against_rule=True)
+    kept = decide_promotion(strict, GOOD, None, frame.height, None, evidence)
+    assert kept.action == "keep"
+    assert kept.reasons[0].startswith("challenger is worse") and "cold-start rule" in kept.reasons[0]
+    # A first model the logs show to be better than the rule is promoted on the same evidence.
+    better = _evidence(spec, frame, challenger_threshold=0.4)
+    assert true_value(spec, x, 0.4) > true_value(spec, x, LOG_THRESHOLD)
+    assert decide_promotion(strict, GOOD, None, frame.height, None, better).action == "promote"
