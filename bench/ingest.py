@@ -206,6 +206,11 @@ def write_file(base: Path, start: int, rows: int, store_rows: int, horizon: int,
 
 
 # -- the store ------------------------------------------------------------------------------------
+def _as_table(rows: pl.DataFrame, schema: dict) -> pl.DataFrame:
+    """The table's columns in its order; optional ones the generator does not produce (e.g. ``share_kept``) null."""
+    return rows.select([pl.col(c) if c in rows.columns else pl.lit(None).alias(c) for c in schema]).cast(schema)
+
+
 def prefill_store(uri: Path, store_rows: int, horizon: int, specs) -> None:
     """``store_rows`` stored actions (pseudonymised) and their outcomes, appended in chunks."""
     action_schema = action_table_schema(specs[MODEL])
@@ -221,9 +226,8 @@ def prefill_store(uri: Path, store_rows: int, horizon: int, specs) -> None:
         provenance = [pl.lit(f"prefill{lo // step:04d}").alias("ingest_id"), ingested.alias("ingested_at"),
                       pl.lit(f"prefill/{lo // step:04d}.csv").alias("source_file")]
         rows = rows.with_columns(provenance)
-        rows.select(list(action_schema)).cast(action_schema).write_delta(str(actions_uri), mode="append")
-        (rows.filter(pl.col("outcome").is_not_null()).select(list(outcome_schema)).cast(outcome_schema)
-         .write_delta(str(outcomes_uri), mode="append"))
+        _as_table(rows, action_schema).write_delta(str(actions_uri), mode="append")
+        _as_table(rows.filter(pl.col("outcome").is_not_null()), outcome_schema).write_delta(str(outcomes_uri), mode="append")
         del rows
     # Bring the tables to the store's current layout the way an operator would (e.g. record the
     # prefill ingests as complete in the ingest ledger), whatever the layout version is.
@@ -472,7 +476,7 @@ def pandas_ingest(path: Path, store_uri: Path, specs) -> tuple[float, dict]:
     good["model"] = good["model"].astype(str)
     actions = good.drop_duplicates(subset="action_id")[list(action_schema)]
     outcomes = good[good["outcome"].notna() & (good["outcome"] != "")].drop_duplicates(
-        subset=["action_id", "observed_at", "outcome"])[list(outcome_schema)]
+        subset=["action_id", "observed_at", "outcome"]).reindex(columns=list(outcome_schema))   # absent optional: NaN
     # schema_mode merge: the store's tables may have columns of their own (e.g. key hashes) it does not write.
     write_deltalake(str(store_uri / "actions" / MODEL), pa.Table.from_pandas(actions, preserve_index=False,
                     schema=pl.DataFrame(schema=action_schema).to_arrow().schema), mode="append", schema_mode="merge")
