@@ -124,10 +124,11 @@ def coverage_problems(gates: Gates, value: OPEResult) -> list[str]:
     return problems
 
 
-def value_verdict(gates: Gates, difference: Difference, one_sided_alpha: float) -> tuple[str, str]:
+def value_verdict(gates: Gates, difference: Difference, one_sided_alpha: float,
+                  incumbent: str = "champion") -> tuple[str, str]:
     """("better" | "worse" | "unclear", reason) from the paired interval of the value difference."""
     level = 1 - 2 * one_sided_alpha
-    text = (f"value per decision {difference.challenger:.2f} vs champion {difference.champion:.2f}: difference "
+    text = (f"value per decision {difference.challenger:.2f} vs {incumbent} {difference.champion:.2f}: difference "
             f"{difference.difference:+.2f}, {level:.0%} interval [{difference.low:+.2f}, {difference.high:+.2f}] "
             f"(paired, resampling {difference.blocks}s; one-sided {one_sided_alpha:.3g} = alpha {gates.alpha:g} "
             f"over {gates.testing_horizon_weeks} weekly tests)")

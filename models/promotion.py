@@ -59,7 +59,7 @@ def decide_promotion(gates: Gates, challenger: dict[str, float], champion: dict[
             return PromotionDecision("promote", tuple(reasons), flip_share)
         # The incumbent is the cold-start rule: the first model replaces it on the same value evidence a
         # challenger needs against a champion.
-        return _value_gate(gates, evidence, reasons, flip_share, "the cold-start rule")
+        return _value_gate(gates, evidence, reasons, flip_share, "cold-start rule")
     if auc < champion["roc_auc"] - gates.auc_tolerance:
         failed.append(f"ROC AUC {auc:.3f} worse than champion {champion['roc_auc']:.3f} beyond tolerance {gates.auc_tolerance}")
     better_brier = challenger["brier"] < champion["brier"]
@@ -77,7 +77,7 @@ def decide_promotion(gates: Gates, challenger: dict[str, float], champion: dict[
                    f"{champion['brier']:.4f}; log loss {challenger['log_loss']:.4f} vs {champion['log_loss']:.4f}; "
                    f"calibration error {ece:.3f}")
     if evidence is not None and "dr" in evidence.challenger_value and "value_dr" in evidence.differences:
-        return _value_gate(gates, evidence, reasons, flip_share, "the champion")
+        return _value_gate(gates, evidence, reasons, flip_share, "champion")
     return _flip_gate(gates, reasons, flip_share)
 
 
@@ -85,8 +85,7 @@ def _value_gate(gates: Gates, evidence: Evidence, reasons: list[str], flip_share
                 incumbent: str) -> PromotionDecision:
     """Coverage first, then the paired value difference against the incumbent, then the flip share."""
     problems = coverage_problems(gates, evidence.challenger_value["dr"])
-    verdict, text = value_verdict(gates, evidence.differences["value_dr"], evidence.one_sided_alpha)
-    text = text.replace("vs champion", f"vs {incumbent.removeprefix('the ')}")
+    verdict, text = value_verdict(gates, evidence.differences["value_dr"], evidence.one_sided_alpha, incumbent)
     if problems:
         # The value estimate leans on decisions the logs never saw: no number can vouch for it.
         return PromotionDecision("await_approval", (*reasons, *problems, text, "needs a person's approval"), flip_share)
