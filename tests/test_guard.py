@@ -16,9 +16,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from features.spec import Exploration, Feature, Objective
+from features.spec import Exploration
 from models.exploration import explore, positive_probability
 from models.guard import Claim, guard_period, guard_verdict, run_guard
+from tests.test_ope import spec  # noqa: F401 - the one-feature lead spec of the OPE tests is a fixture
 
 NEW, PREVIOUS = 0.4, 0.5
 
@@ -58,14 +59,6 @@ def true_gain(spec, score: np.ndarray, world: str, new: float = NEW, previous: f
         return float(np.mean(pi * v_pos + (1 - pi) * v_neg))
 
     return value(new) - value(previous)
-
-
-@pytest.fixture(scope="module")
-def spec(specs):
-    return dataclasses.replace(
-        specs["lead_scoring"], features=(Feature("x", "numeric"),),
-        objective=Objective(kind="expected_value", value_per_conversion=1000.0, cost_per_action=150.0),
-        exploration=Exploration(share=0.2, band=0.2, seed=5))
 
 
 def logs(spec, world: str, n: int = 5000, seed: int = 0) -> pl.DataFrame:
