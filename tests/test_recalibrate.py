@@ -18,7 +18,7 @@ from features.training_set import Split, iso_week_expr
 from flows.runtime import Runtime
 from models.evaluate import expected_calibration_error
 from models.policy import Policy
-from models.recalibrate import base_pipeline, check_calibration
+from models.recalibrate import base_pipeline, check_calibration, expected_auc_if_only_shifted
 from models.registry import CHAMPION
 from models.segments import logit, sigmoid
 from models.train import fit_model, sklearn_inputs
@@ -56,13 +56,30 @@ def test_the_calibration_check_separates_miscalibration_from_a_lost_ranking(spec
     assert not check_calibration(spec, too_high[:100], scores[:100], auc).needed       # too few rows to judge
 
 
+def test_the_auc_a_shifted_champion_implies_is_what_labels_drawn_that_way_show():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    probabilities = np.round(sigmoid(rng.normal(-1.5, 1.2, 3000)), 3)     # rounded: ties are counted too
+    shifted = sigmoid(logit(probabilities) - DROP)
+    draws = [(rng.random(shifted.size) < shifted) for _ in range(300)]
+    observed = np.mean([roc_auc_score(d, probabilities) for d in draws])
+    expected = [expected_auc_if_only_shifted(d, probabilities) for d in draws[:20]]
+    assert np.ptp(expected) < 0.01                   # it depends on the labels only through their rate
+    assert abs(np.mean(expected) - observed) < 0.005
+    # The shift moves the AUC of an unchanged, perfect ranking: the training AUC is the wrong yardstick afterwards.
+    unshifted = np.mean([roc_auc_score(rng.random(probabilities.size) < probabilities, probabilities) for _ in range(100)])
+    assert abs(observed - unshifted) > 0.01
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_scores_that_became_too_high_are_recalibrated_on_the_champions_pipeline(loop_home, tmp_path, specs):
     from flows.recalibrate import recalibrate_flow
 
     runtime = Runtime.from_env()
     spec, key = specs[MODEL], runtime.settings.pseudonym_key
-    world = World(WorldConfig(seed=21, leads_per_week=2000), specs)
+    # No new lead source in these weeks (the default world adds one in week 6): only the base rate moves.
+    world = World(WorldConfig(seed=21, leads_per_week=2000, lead_source_drift_week=99), specs)
     # The champion: trained, calibrated and tested while the world was as it learnt it.
     # A pooled champion (the constructed labels do not depend on the decision): recalibration keeps its kind.
     pooled = dataclasses.replace(spec, training=dataclasses.replace(spec.training, decision_aware=False))
