@@ -10,7 +10,7 @@ import hashlib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 FeatureType = Literal["numeric", "categorical", "boolean"]
 
@@ -99,9 +99,16 @@ class TrainingConfig:
     calibration_rows: int
     retrain_every_weeks: int
     seed: int
-    # One model per decision, and decisions by comparing their expected value (models/decision_aware.py).
+    # The decision as a model input, and decisions by comparing their expected value (models/decision_aware.py).
     # Needed wherever the decision changes the outcome (a meeting changes whether a lead converts).
     decision_aware: bool = False
+    # How a decision-aware model may let the decision act: "shared" shifts the log-odds of the outcome by one
+    # learned amount for every entity (the decision interacts with no feature), so the effect is learned from
+    # all rows where both decisions occur; "free" lets it differ by feature, which needs far more explored rows.
+    decision_effect: Literal["shared", "free"] = "free"
+    # "gradient_boosting" finds interactions and thresholds itself but needs many rows; "logistic" (numbers on a
+    # signed log scale, L2-regularised) learns from a few thousand, so a first model can beat a good cold-start rule.
+    estimator: Literal["gradient_boosting", "logistic"] = "gradient_boosting"
     # Isotonic calibration needs plenty of positives; below this many in the calibration slice a sigmoid is fitted.
     isotonic_min_positives: int = 1000
 
@@ -336,7 +343,7 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
         objective=objective,
         drift=drift,
         cold_start=conditions,
-        training=_build(TrainingConfig, _section(raw, "training", path), path, "training"),
+        training=_training(raw, path),
         gates=gates,
         content_hash=hashlib.sha256(text.encode()).hexdigest()[:16],
         source_text=text,
@@ -346,6 +353,18 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
         segments=segments,
         recalibration=recalibration,
     )
+
+
+_TRAINING_CHOICES: Final = {"calibration": ("isotonic", "sigmoid"), "estimator": ("gradient_boosting", "logistic"),
+                             "decision_effect": ("shared", "free")}
+
+
+def _training(raw: dict, path: Path) -> TrainingConfig:
+    training = _build(TrainingConfig, _section(raw, "training", path), path, "training")
+    for key, allowed in _TRAINING_CHOICES.items():
+        if getattr(training, key) not in allowed:
+            raise SpecError(f"{path}: [training] {key} is {getattr(training, key)!r}; expected one of {', '.join(allowed)}")
+    return training
 
 
 def _patterns(raw: dict, features: list[Feature], path: Path) -> Patterns:

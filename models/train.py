@@ -11,9 +11,10 @@ import polars as pl
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
 from sklearn.frozen import FrozenEstimator
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from features.build import model_inputs
 from features.spec import ModelSpec
@@ -31,20 +32,45 @@ warnings.filterwarnings("ignore", message="Since FrozenEstimator does not appear
                         category=UserWarning)
 
 
-def build_pipeline(spec: ModelSpec, decision_aware: bool = False) -> Pipeline:
-    """Categoricals one-hot encoded (rare and unseen values grouped), numbers and booleans as they are.
+def signed_log(values: np.ndarray) -> np.ndarray:
+    """sign(x) * log(1 + |x|): counts and sizes spread over orders of magnitude; a linear model wants them even."""
+    values = np.asarray(values, dtype=np.float64)   # the same array type whether pandas (fit) or polars (predict) came in
+    return np.sign(values) * np.log1p(np.abs(values))
 
-    ``decision_aware`` adds the decision as one more categorical input (models/decision_aware.py).
+
+def build_pipeline(spec: ModelSpec, decision_aware: bool = False) -> Pipeline:
+    """Categoricals one-hot encoded (rare and unseen values grouped), then the spec's estimator.
+
+    Gradient boosting takes numbers and booleans as they are; the logistic regression takes numbers
+    on a signed log scale, standardised. ``decision_aware`` adds the decision as one more input
+    (models/decision_aware.py). A logistic regression has no interactions, so there the decision
+    always shifts the log-odds by one learned amount; for gradient boosting the spec's
+    ``decision_effect = "shared"`` does the same: the decision is the first encoded column, in an
+    interaction group of its own.
     """
-    categorical = spec.features_of("categorical") + ([DECISION_INPUT] if decision_aware else [])
-    encode = ColumnTransformer(
-        [("categorical", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=20, sparse_output=False),
-          categorical),
-         ("numeric", "passthrough", spec.features_of("numeric") + spec.features_of("boolean"))],
-        verbose_feature_names_out=False,
-    )
-    model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.08, max_leaf_nodes=15, l2_regularization=1.0,
-                                           early_stopping=False, random_state=spec.training.seed)
+    logistic = spec.training.estimator == "logistic"
+    shared = decision_aware and (logistic or spec.training.decision_effect == "shared")
+    categorical = spec.features_of("categorical") + ([DECISION_INPUT] if decision_aware and not shared else [])
+    numeric = spec.features_of("numeric")
+    transformers = [
+        ("categorical", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=20, sparse_output=False),
+         categorical),
+        ("numeric", make_pipeline(FunctionTransformer(signed_log, feature_names_out="one-to-one"), StandardScaler())
+         if logistic else "passthrough", numeric),
+        ("boolean", "passthrough", spec.features_of("boolean")),
+    ]
+    if shared:
+        # One 0/1 column (1 = positive decision) at index 0, in an interaction group of its own.
+        decision = OneHotEncoder(categories=[[spec.negative_decision, spec.positive_decision]], drop="first",
+                                 sparse_output=False)
+        transformers.insert(0, ("decision", decision, [DECISION_INPUT]))
+    encode = ColumnTransformer(transformers, verbose_feature_names_out=False)
+    if logistic:
+        model = LogisticRegression(C=1.0, max_iter=1000)
+    else:
+        model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.08, max_leaf_nodes=15, l2_regularization=1.0,
+                                               early_stopping=False, random_state=spec.training.seed,
+                                               interaction_cst=[[0]] if shared else None)
     return Pipeline([("encode", encode), ("classify", model)])
 
 

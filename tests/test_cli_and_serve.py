@@ -59,6 +59,12 @@ def test_a_broken_spec_names_the_file_and_the_problem(tmp_path, specs):
         raise AssertionError("a feature type 'number' must be refused")
 
 
+def test_an_unknown_estimator_is_refused_with_the_choices(tmp_path, specs):
+    text = specs["lead_scoring"].source_text.replace('estimator = "logistic"', 'estimator = "xgboost"', 1)
+    with pytest.raises(SpecError, match=r"\[training\] estimator is 'xgboost'; expected one of gradient_boosting, logistic"):
+        parse_spec(text, tmp_path / "broken.toml")
+
+
 def test_served_deployments_have_the_documented_schedules(specs):
     from flows.serve import build_deployments
 
