@@ -231,6 +231,9 @@ class ModelSpec:
     kpis: Kpis = Kpis()
     segments: Segments = Segments()
     recalibration: Recalibration = Recalibration()
+    # Rows with a category value the champion never saw: decided by the cold-start rule ("rule") until a
+    # retraining has seen it, or by the champion's extrapolation ("model"). See models/support.py.
+    new_categories: Literal["rule", "model"] = "rule"
 
     @property
     def feature_names(self) -> list[str]:
@@ -352,7 +355,15 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
         kpis=kpis,
         segments=segments,
         recalibration=recalibration,
+        new_categories=_choice(raw, "new_categories", ("rule", "model"), path),
     )
+
+
+def _choice(raw: dict, key: str, allowed: tuple[str, ...], path: Path) -> str:
+    value = raw.get(key, allowed[0])
+    if value not in allowed:
+        raise SpecError(f"{path}: {key} is {value!r}; expected one of {', '.join(allowed)}")
+    return value
 
 
 _TRAINING_CHOICES: Final = {"calibration": ("isotonic", "sigmoid"), "estimator": ("gradient_boosting", "logistic"),

@@ -100,7 +100,8 @@ def compare_with_champion(spec: ModelSpec, trained: TrainedModel, split: Split, 
         if recent.height:
             flips = flip_share(old.decisions(old.scores(recent), recent), new.decisions(new.scores(recent), recent))
     # Each row at its segment's threshold: the policies as they would decide.
-    evidence = gather_evidence(spec, split.test, trained.policy_scores, new.thresholds(split.test), champion_scores,
+    # The challenger's policy as it would decide (the rule where it never saw a category), not only its model's scores.
+    evidence = gather_evidence(spec, split.test, new.scores(split.test), new.thresholds(split.test), champion_scores,
                                old.thresholds(split.test) if old is not None else None, trained.test_scores,
                                champion_probabilities,
                                compare_metrics=champion is not None)

@@ -41,18 +41,18 @@ def uniform_draws(action_ids: pl.Series, seed: int) -> np.ndarray:
 
 
 def positive_probability(scores: np.ndarray, threshold: float | np.ndarray, spec: ModelSpec,
-                         everywhere: bool = False) -> np.ndarray:
+                         everywhere: bool | np.ndarray = False) -> np.ndarray:
     """P(policy takes the positive decision | score): 0 or 1 outside the band, 1 - share or share inside.
 
-    ``threshold`` is one number or one per row (per-segment thresholds). ``everywhere`` treats every
-    decision as near the threshold: the cold-start rule has no score to be near to, and exploring all
+    ``threshold`` is one number or one per row (per-segment thresholds). ``everywhere`` (for all rows or
+    per row) treats a decision as near the threshold: the cold-start rule has no score to be near to, and exploring all
     of its decisions is what lets the first decision-aware model see both decisions across the
     features (a deterministic rule never nurtures a referral).
     """
     exploration: Exploration = spec.exploration
     scores = np.asarray(scores, dtype=float)
     greedy_positive = scores >= threshold
-    near = np.abs(scores - threshold) <= exploration.band if not everywhere else np.ones(scores.size, dtype=bool)
+    near = (np.abs(scores - threshold) <= exploration.band) | np.broadcast_to(np.asarray(everywhere, dtype=bool), scores.shape)
     share = exploration.share
     may_turn_negative = spec.negative_decision not in exploration.never_to
     may_turn_positive = spec.positive_decision not in exploration.never_to
@@ -63,7 +63,7 @@ def positive_probability(scores: np.ndarray, threshold: float | np.ndarray, spec
 
 
 def explore(scores: np.ndarray, threshold: float | np.ndarray, action_ids: pl.Series, spec: ModelSpec,
-            everywhere: bool = False) -> Explored:
+            everywhere: bool | np.ndarray = False) -> Explored:
     """The decisions with exploration applied, and the propensity of each."""
     p_positive = positive_probability(scores, threshold, spec, everywhere)
     greedy_positive = np.asarray(scores, dtype=float) >= threshold

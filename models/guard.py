@@ -94,8 +94,8 @@ class GuardVerdict:
         return out
 
 
-def guard_verdict(spec: ModelSpec, logs: pl.DataFrame, new_scores: np.ndarray, new_threshold: float,
-                  previous_scores: np.ndarray, previous_threshold: float, claim: Claim,
+def guard_verdict(spec: ModelSpec, logs: pl.DataFrame, new_scores: np.ndarray, new_threshold: float | np.ndarray,
+                  previous_scores: np.ndarray, previous_threshold: float | np.ndarray, claim: Claim,
                   claim_comparable: bool = True) -> GuardVerdict:
     """The rule of the module docstring on labelled post-promotion logs (``decision``, ``propensity``,
     ``label``, features, ``week``/``entity_id``) scored by the new and the previous champion.
@@ -226,8 +226,9 @@ def run_guard(store, registry, spec: ModelSpec, as_of: datetime) -> dict[str, An
         # One OpenMP thread for the outcome model's fits: next to other work on 2 cores, spinning threads made
         # them up to 8x slower (27 s instead of 3.5 s for 5,000 rows), and the guard runs in every monitor run.
         with threadpool_limits(1):
-            verdict = guard_verdict(spec, logs, new.scores(logs), new.threshold, previous.scores(logs),
-                                    previous.threshold, claim, claim_comparable=logs.height == before)
+            # Each row at the threshold each policy would have used for it (its segment's, or the rule's).
+            verdict = guard_verdict(spec, logs, new.scores(logs), new.thresholds(logs), previous.scores(logs),
+                                    previous.thresholds(logs), claim, claim_comparable=logs.height == before)
     out |= {"action": verdict.action, "reason": verdict.reason, "figures": verdict.figures()}
     if verdict.action != "rollback":
         return {**out, "status": verdict.action}

@@ -7,7 +7,7 @@ the propensity of that decision (below 1 only where the spec's exploration may f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import reduce
+from functools import cached_property, reduce
 
 import numpy as np
 import polars as pl
@@ -19,6 +19,7 @@ from models.decision_aware import outcome_probability
 from models.exploration import explore
 from models.registry import LoadedModel
 from models.safe_decisions import SafeMode, hold
+from models.support import RULE_THRESHOLD, rows_outside, seen_categories
 from models.train import predict_scores
 
 RULE_VERSION = "rule"
@@ -55,15 +56,35 @@ class Policy:
         return self.model.threshold if self.model else 0.5
 
     def thresholds(self, frame: pl.DataFrame) -> np.ndarray:
-        """The threshold of each row: its segment's, as registered with the model (models/thresholds.py)."""
+        """The threshold of each row: its segment's, as registered with the model (models/thresholds.py);
+        the rule's where the rule decides (a category the model never saw, models/support.py)."""
         if self.model is None:
             return np.full(frame.height, self.threshold)
-        return self.model.segment_thresholds.for_rows(frame)
+        return np.where(self.ruled_rows(frame), RULE_THRESHOLD, self.model.segment_thresholds.for_rows(frame))
+
+    def ruled_rows(self, frame: pl.DataFrame) -> np.ndarray:
+        """Rows the cold-start rule decides: all before a model exists; with one, those with a category it never saw."""
+        if self.model is None:
+            return np.ones(frame.height, dtype=bool)
+        if self.spec.new_categories != "rule":
+            return np.zeros(frame.height, dtype=bool)
+        return rows_outside(self._seen_categories, frame)
+
+    @cached_property
+    def _seen_categories(self) -> dict[str, list[str]]:
+        # Once per policy: the scoring service decides single rows with the same policy many times a second.
+        return seen_categories(self.model.estimator, self.spec) if self.model is not None else {}
+
+    def _rule_scores(self, frame: pl.DataFrame) -> np.ndarray:
+        # with_columns, not select: a rule without conditions is a literal, which select would not broadcast.
+        return frame.with_columns(rule_expression(self.spec).cast(pl.Float64).alias("__rule"))["__rule"].to_numpy()
 
     def scores(self, frame: pl.DataFrame) -> np.ndarray:
         if self.model is None:
-            return frame.with_columns(rule_expression(self.spec).cast(pl.Float64).alias("__rule"))["__rule"].to_numpy()
-        return predict_scores(self.model.estimator, frame, self.spec)
+            return self._rule_scores(frame)
+        scores = predict_scores(self.model.estimator, frame, self.spec)
+        ruled = self.ruled_rows(frame)
+        return np.where(ruled, self._rule_scores(frame), scores) if ruled.any() else scores
 
     def outcome_probabilities(self, frame: pl.DataFrame, decisions: pl.Series) -> np.ndarray:
         """P(positive outcome | features, the given decision); the rule's own 0/1 before a model exists."""
@@ -91,7 +112,7 @@ class Policy:
             action_ids = frame.select(pl.format("{}-{}-{}", pl.lit(self.spec.name[:4]), pl.col("entity_id").str.slice(4, 16),
                                                 pl.col("decided_at").dt.epoch("ms"))).to_series()
         thresholds = self.thresholds(frame)
-        explored = explore(scores, thresholds, action_ids, self.spec, everywhere=self.model is None)
+        explored = explore(scores, thresholds, action_ids, self.spec, everywhere=self.ruled_rows(frame))
         actions = frame.with_columns(
             action_ids.alias("action_id"),
             pl.Series("score", scores, dtype=pl.Float64),

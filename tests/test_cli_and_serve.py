@@ -65,6 +65,12 @@ def test_an_unknown_estimator_is_refused_with_the_choices(tmp_path, specs):
         parse_spec(text, tmp_path / "broken.toml")
 
 
+def test_an_unknown_new_categories_choice_is_refused(tmp_path, specs):
+    text = 'new_categories = "ignore"\n' + specs["lead_scoring"].source_text
+    with pytest.raises(SpecError, match="new_categories is 'ignore'; expected one of rule, model"):
+        parse_spec(text, tmp_path / "broken.toml")
+
+
 def test_served_deployments_have_the_documented_schedules(specs):
     from flows.serve import build_deployments
 

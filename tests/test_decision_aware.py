@@ -148,3 +148,29 @@ def test_incremental_value_threshold_is_the_smallest_uplift_at_or_above_break_ev
     assert choice.objective_value == pytest.approx(2500 * (0.30 + 0.10 + 0.07 + 0.061) - 4 * 150)
     capped = incremental_value_threshold(uplift, dataclasses.replace(objective, weekly_capacity=2), weeks=1.0)
     assert capped.threshold == pytest.approx(0.10)
+
+
+def test_a_category_the_champion_never_saw_is_decided_by_the_cold_start_rule(constructed):
+    from models.registry import LoadedModel
+    from models.support import RULE_THRESHOLD, unseen_rows
+
+    spec, split, evaluation, _ = constructed
+    trained = fit_model(split, spec)
+    model = LoadedModel(spec.name, "1", trained.estimator, trained.threshold.threshold, "", trained.thresholds)
+    entities = evaluation.drop("decision").head(2000).with_columns(
+        pl.when(pl.int_range(pl.len()) % 2 == 0).then(pl.lit("lead_marketplace")).otherwise(pl.col("source")).alias("source"))
+    new = (entities["source"] == "lead_marketplace").to_numpy()
+    np.testing.assert_array_equal(unseen_rows(trained.estimator, entities, spec), new)
+
+    actions = Policy(spec, model).decide(entities, KEY)
+    rule = Policy(spec).decide(entities, KEY)
+    ruled, modelled = actions.filter(pl.Series(new)), actions.filter(pl.Series(~new))
+    # The rule's decisions, scores and exploration (all its decisions explore) on the new source's rows ...
+    assert ruled["decision"].to_list() == rule.filter(pl.Series(new))["decision"].to_list()
+    assert set(ruled["score"]) <= {0.0, 1.0} and (ruled["threshold"] == RULE_THRESHOLD).all()
+    assert (ruled["propensity"] < 1).all()
+    # ... the champion's on the others, and on all rows when the spec lets the champion extrapolate.
+    assert (modelled["threshold"] == trained.threshold.threshold).all()
+    np.testing.assert_allclose(modelled["score"].to_numpy(), predict_scores(trained.estimator, entities.filter(pl.Series(~new)), spec))
+    extrapolating = Policy(dataclasses.replace(spec, new_categories="model"), model).decide(entities, KEY)
+    assert (extrapolating["threshold"] == trained.threshold.threshold).all()

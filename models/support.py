@@ -1,0 +1,63 @@
+"""Where the champion has seen data: rows with a category value its encoder never saw.
+
+A champion asked about a category it was never trained on (a new lead source, a new reply template)
+extrapolates: the one-hot encoder maps the value to nothing, and the model decides as if the row came
+from the reference category, on whatever its other features say. The spec's cold-start rule is the
+documented prior for rows no model has evidence about, so with ``new_categories = "rule"`` (the
+default) the policy decides those rows by the rule, exploring all of them as the rule does, until a
+retraining has seen the category (models/policy.py). The action still carries the champion's
+version; its ``score`` (the rule's 0/1) and ``threshold`` (0.5) show the rule decided.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.frozen import FrozenEstimator
+from sklearn.pipeline import Pipeline
+
+from features.spec import ModelSpec
+from models.decision_aware import is_decision_aware
+from models.segments import unwrap
+
+RULE_THRESHOLD = 0.5     # the threshold logged with a rule decision: any threshold in (0, 1) splits its 0/1 score alike
+
+
+def fitted_pipeline(estimator: Any) -> Pipeline | None:
+    """The fitted pipeline inside a registered model (decision-aware, segment- or globally calibrated), if any."""
+    inner = unwrap(estimator.estimator if is_decision_aware(estimator) else estimator)
+    if isinstance(inner, CalibratedClassifierCV):
+        inner = inner.calibrated_classifiers_[0].estimator
+    if isinstance(inner, FrozenEstimator):
+        inner = inner.estimator
+    return inner if isinstance(inner, Pipeline) else None
+
+
+def seen_categories(estimator: Any, spec: ModelSpec) -> dict[str, list[str]]:
+    """The values of each of the spec's categorical features the model's encoder was fitted on."""
+    pipeline = fitted_pipeline(estimator)
+    if pipeline is None or "encode" not in pipeline.named_steps:
+        return {}
+    encoder = pipeline.named_steps["encode"].named_transformers_.get("categorical")
+    if encoder is None or not hasattr(encoder, "categories_"):
+        return {}
+    wanted = set(spec.features_of("categorical"))
+    return {str(column): [str(v) for v in values]
+            for column, values in zip(encoder.feature_names_in_, encoder.categories_, strict=True) if column in wanted}
+
+
+def unseen_rows(estimator: Any, frame: pl.DataFrame, spec: ModelSpec) -> np.ndarray:
+    """True for each row with a categorical value the model never saw (a missing value counts as seen)."""
+    return rows_outside(seen_categories(estimator, spec), frame)
+
+
+def rows_outside(seen: dict[str, list[str]], frame: pl.DataFrame) -> np.ndarray:
+    """True for each row with a value outside ``seen`` (seen_categories) in one of its columns."""
+    conditions = [pl.col(column).cast(pl.String).is_in(values).not_().fill_null(False)
+                  for column, values in seen.items() if column in frame.columns]
+    if not conditions or frame.is_empty():
+        return np.zeros(frame.height, dtype=bool)
+    return frame.select(pl.any_horizontal(conditions).alias("unseen")).to_series().to_numpy()
