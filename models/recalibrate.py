@@ -31,7 +31,13 @@ from models.decision_aware import is_decision_aware, outcome_probability
 from models.evaluate import classification_metrics
 from models.registry import LoadedModel
 from models.segments import unwrap
-from models.train import TrainedModel, calibrate, calibrate_decision_aware, check_slices, grades_of
+from models.train import (
+    TrainedModel,
+    calibrate,
+    calibrate_decision_aware,
+    check_slices,
+    grades_of,
+)
 
 RECALIBRATED_FROM = "recalibrated_from"
 BASE_VERSION = "base_version"

@@ -11,18 +11,29 @@ import polars as pl
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
 from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from features.build import model_inputs
 from features.spec import ModelSpec
 from features.training_set import NotEnoughData, Split, graded_rows
-from models.decision_aware import DECISION_INPUT, DecisionAwareModel, decision_scores, outcome_probability, with_decision
+from models.decision_aware import (
+    DECISION_INPUT,
+    DecisionAwareModel,
+    decision_scores,
+    outcome_probability,
+    with_decision,
+)
 from models.evaluate import classification_metrics
 from models.segments import SegmentCalibrated, SegmentedChoice, segmented_thresholds
-from models.thresholds import SegmentThresholds, ThresholdChoice, choose_threshold, incremental_value_threshold
+from models.thresholds import (
+    SegmentThresholds,
+    ThresholdChoice,
+    choose_threshold,
+    incremental_value_threshold,
+)
 
 # Graded weights are meant for the calibrator only: the frozen pipeline was fitted (with its own
 # weights) before, so sklearn's warning that FrozenEstimator ignores them is expected. Filtered once
