@@ -75,7 +75,7 @@ def _hold_weak_segments(state: LoopState, actions: pl.DataFrame, events: pl.Data
     Nobody runs `loop clear` here: a held segment stays held (with its exploration floor) to the end.
     """
     from features.windows import pattern_bounds, window_of
-    from models.patterns import pattern_report
+    from models.patterns import pattern_report, with_expected
     from models.safe_decisions import SafeMode
 
     spec = state.spec
@@ -84,7 +84,9 @@ def _hold_weak_segments(state: LoopState, actions: pl.DataFrame, events: pl.Data
     (ref_start, ref_end), (start, end) = pattern_bounds(spec, as_of, state.champion_as_of)
     reference = window_of(actions.lazy(), events.lazy(), spec, ref_start, ref_end, as_of)
     current = window_of(actions.lazy(), events.lazy(), spec, start, end, as_of)
-    flagged = {(s.column, s.value) for s in pattern_report(reference, current, spec).flagged}
+    estimator = state.champion.estimator
+    report = pattern_report(with_expected(reference, estimator, spec), with_expected(current, estimator, spec), spec)
+    flagged = {(s.column, s.value) for s in report.flagged}
     new = flagged - state.safe.segments
     if new:
         state.safe = SafeMode(state.safe.segments | new)

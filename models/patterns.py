@@ -12,6 +12,14 @@ exactly and an auto-sent one through the customer's follow-up and the audit).
 labelled ones there; otherwise (a new lead source, a new template) the whole reference window: a new
 segment must do as well as the average segment did.
 
+**Standardised to today's rows.** The reference was mostly decided by an earlier policy, and a
+policy that acts on other rows changes a segment's rate by itself (a model that proposes meetings to
+more, colder website leads converts fewer per meeting). When both windows carry the champion's
+``expected`` probability of each row's outcome (``with_expected``), the reference rate is multiplied
+by (mean expected now / mean expected in the reference) of the segment: what the reference would show
+on today's rows. Only a fall the champion did not expect for these rows is flagged. The factor shows
+as ``mix`` in the report; the interval treats it as known.
+
 **Intervals.** The rate: Wilson score interval. The change (now - reference): Newcombe's hybrid score
 interval (method 10 of Newcombe 1998, built from the two Wilson intervals), which stays inside
 [-1, 1] and behaves for rates near 0 or 1 where the Wald interval does not. Both treat rows as
@@ -38,6 +46,7 @@ import polars as pl
 from features.spec import ModelSpec
 
 OUTCOME = "outcome"
+EXPECTED = "expected"
 
 
 def wilson(positives: np.ndarray, rows: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
@@ -127,12 +136,25 @@ def _measured(frame: pl.DataFrame, spec: ModelSpec) -> pl.DataFrame:
 
 
 def _counts(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
-    empty = pl.DataFrame(schema={"column": pl.String, "value": pl.String, "rows": pl.Int64, "positives": pl.Int64})
+    """Rows, positives and the sum of the champion's expected probabilities (0 without them) per segment value."""
+    empty = pl.DataFrame(schema={"column": pl.String, "value": pl.String, "rows": pl.Int64, "positives": pl.Int64,
+                                 "expected": pl.Float64})
+    expected = pl.col(EXPECTED).sum() if EXPECTED in frame.columns else pl.lit(0.0)
     parts = [frame.filter(pl.col(c).is_not_null())
              .group_by(pl.col(c).cast(pl.String).alias("value"))
-             .agg(pl.len().cast(pl.Int64).alias("rows"), pl.col(OUTCOME).cast(pl.Int64).sum().alias("positives"))
-             .select(pl.lit(c).alias("column"), "value", "rows", "positives") for c in columns]
+             .agg(pl.len().cast(pl.Int64).alias("rows"), pl.col(OUTCOME).cast(pl.Int64).sum().alias("positives"),
+                  expected.cast(pl.Float64).alias("expected"))
+             .select(pl.lit(c).alias("column"), "value", "rows", "positives", "expected") for c in columns]
     return pl.concat([empty, *parts])
+
+
+def with_expected(frame: pl.DataFrame, estimator: Any, spec: ModelSpec) -> pl.DataFrame:
+    """The window with the champion's P(positive outcome | features, logged decision) per row, as ``expected``."""
+    from models.decision_aware import outcome_probability
+
+    if frame.is_empty():
+        return frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(EXPECTED))
+    return frame.with_columns(pl.Series(EXPECTED, outcome_probability(estimator, frame, spec), dtype=pl.Float64))
 
 
 def pattern_report(reference: pl.DataFrame, current: pl.DataFrame, spec: ModelSpec) -> PatternReport:
@@ -145,14 +167,26 @@ def pattern_report(reference: pl.DataFrame, current: pl.DataFrame, spec: ModelSp
     columns = config.segments
     ref, now = _measured(reference, spec), _measured(current, spec)
     overall_rows, overall_positives = ref.height, int(ref.get_column(OUTCOME).cast(pl.Int64).sum() or 0)
+    standardised = EXPECTED in ref.columns and EXPECTED in now.columns
+    overall_expected = float(ref.get_column(EXPECTED).sum() or 0.0) if standardised else 0.0
     joined = (_counts(now, columns)
-              .join(_counts(ref, columns).rename({"rows": "ref_rows", "positives": "ref_positives"}),
+              .join(_counts(ref, columns).rename({"rows": "ref_rows", "positives": "ref_positives", "expected": "ref_expected"}),
                     on=["column", "value"], how="left")
-              .with_columns(pl.col("ref_rows", "ref_positives").fill_null(0))
+              .with_columns(pl.col("ref_rows", "ref_positives", "ref_expected").fill_null(0))
               .with_columns(own=pl.col("ref_rows") >= config.min_rows)
               .with_columns(base_rows=pl.when("own").then("ref_rows").otherwise(overall_rows),
                             base_positives=pl.when("own").then("ref_positives").otherwise(overall_positives),
+                            base_expected=pl.when("own").then("ref_expected").otherwise(overall_expected),
                             tested=pl.col("rows") >= config.min_rows))
+    # The policy's own change of whom it acts on moves a segment's rate (a model that proposes meetings to more,
+    # colder website leads converts fewer per meeting). With the champion's expected probabilities the reference
+    # is standardised to today's rows: its rate times (expected rate now / expected rate then), so only a change
+    # the champion did not expect for these rows counts.
+    mix = (pl.when(pl.col("base_expected") > 0)
+           .then((pl.col("expected") / pl.col("rows")) / (pl.col("base_expected") / pl.col("base_rows")))
+           .otherwise(1.0)) if standardised else pl.lit(1.0)
+    joined = joined.with_columns(mix.alias("mix")).with_columns(
+        base_positives=pl.min_horizontal(pl.col("base_positives") * pl.col("mix"), pl.col("base_rows").cast(pl.Float64)))
     criteria = (config.floor is not None) + (config.max_drop is not None)
     tests = int(joined.get_column("tested").sum()) * criteria
     alpha = config.alpha / max(tests, 1)
@@ -173,7 +207,8 @@ def pattern_report(reference: pl.DataFrame, current: pl.DataFrame, spec: ModelSp
                            f"{base_rate[i]:.3f}, more than max_drop {config.max_drop:g}")
         segments.append(SegmentRate(
             row["column"], row["value"], int(row["rows"]), int(row["positives"]), _finite(rate[i]), _finite(rate_low[i]),
-            _finite(rate_high[i]), int(row["base_rows"]), _finite(base_rate[i]), "segment" if row["own"] else "all segments",
+            _finite(rate_high[i]), int(row["base_rows"]), _finite(base_rate[i]),
+            ("segment" if row["own"] else "all segments") + (f", mix x{row['mix']:.2f}" if standardised else ""),
             _finite(rate[i] - base_rate[i]), _finite(change_low[i]), _finite(change_high[i]), bool(row["tested"]),
             bool(reasons), tuple(reasons)))
     segments.sort(key=lambda s: (not s.flagged, s.column, s.change if s.change is not None else 0.0, s.value))
@@ -199,6 +234,12 @@ def run_patterns(store, registry, spec: ModelSpec, as_of: datetime) -> dict[str,
         return {"status": "no_champion", "reason": "no champion yet: no training window to compare with"}
     reference_end = datetime.fromisoformat(champion.tags["as_of"])
     reference, current, (start, end) = pattern_windows(store, spec, as_of, reference_end)
+    try:
+        estimator = registry.load(spec.name, str(champion.version)).estimator
+        reference, current = with_expected(reference, estimator, spec), with_expected(current, estimator, spec)
+        standardised = "to the champion's expected rates on today's rows"
+    except Exception as exc:  # noqa: BLE001 - a monitor reports what it can: the raw rates, and why not standardised
+        standardised = f"not standardised: champion version {champion.version} did not load ({type(exc).__name__}: {exc})"
     report = pattern_report(reference, current, spec)
     entered = []
     if config.safe_mode and report.flagged:
@@ -211,7 +252,7 @@ def run_patterns(store, registry, spec: ModelSpec, as_of: datetime) -> dict[str,
     return {"status": "checked", "champion_version": str(champion.version), "rate_of": config.rate_of,
             "window": [start.isoformat(), end.isoformat()],
             "reference": [(reference_end - timedelta(days=28)).isoformat(), reference_end.isoformat()],
-            "level": report.level, "tests": report.tests, "one_sided_alpha": report.one_sided_alpha,
+            "standardised": standardised, "level": report.level, "tests": report.tests, "one_sided_alpha": report.one_sided_alpha,
             "segments": [s.row() for s in report.segments], "flagged": sorted(flagged), "safe_mode": config.safe_mode,
             "entered": [s.key for s in entered], "held": held_keys,
             "recovered": [k for k in held_keys if k in tested and k not in flagged], "metrics": report.metrics()}

@@ -115,6 +115,28 @@ def test_segments_that_did_not_change_are_flagged_in_at_most_alpha_of_the_report
     assert np.mean(flagged) <= 0.10 + 0.04      # 0.04: three standard errors of a 300-report estimate
 
 
+def meetings(source: str, rows: int, positives: int, expected: float) -> pl.DataFrame:
+    """Proposed meetings of one lead source: exactly ``positives`` converted, the champion expecting ``expected`` each."""
+    return pl.DataFrame({"source": [source] * rows, "decision": ["propose_meeting"] * rows,
+                         "outcome": [True] * positives + [False] * (rows - positives), "expected": [expected] * rows})
+
+
+def test_a_fall_the_champion_expected_from_its_own_choice_of_leads_is_not_flagged(specs):
+    spec = specs["lead_scoring"]
+    reference = pl.concat([meetings("website_form", 4000, 400, 0.10), meetings("referral", 4000, 400, 0.10)])
+    # Now the policy proposes meetings to colder website leads: half the rate, and the champion expected it.
+    # Referrals really got worse: the same leads as before convert half as often.
+    current = pl.concat([meetings("website_form", 4000, 200, 0.05), meetings("referral", 4000, 200, 0.10)])
+
+    raw = {s.value: s for s in pattern_report(reference.drop("expected"), current.drop("expected"), spec).segments}
+    standardised = {s.value: s for s in pattern_report(reference, current, spec).segments}
+
+    assert raw["website_form"].flagged and raw["referral"].flagged          # raw rates cannot tell the two apart
+    assert not standardised["website_form"].flagged
+    assert standardised["website_form"].reference_rate == pytest.approx(0.05)   # 0.10 x (0.05 / 0.10)
+    assert standardised["referral"].flagged and standardised["referral"].reference_rate == pytest.approx(0.10)
+
+
 # ---- the weekly check on the simulator, with the real store and registry ---------------------------------
 
 MODEL = "reply_acceptance"
