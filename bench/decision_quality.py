@@ -7,7 +7,8 @@ face the same entities with the same random draws (so differences are the polici
                   the pattern report with safe mode, weekly retraining on mature outcomes, the
                   spec's statistical gates;
   (b) naive       the same loop without exploration and with pooled models;
-  (c) frozen      the loop's week-4 champion, frozen with its threshold;
+  (c) frozen      the loop's week-4 champion, frozen with its threshold, deciding every row itself (no
+                  safe mode, no cold-start rule for categories it never saw: Policy.frozen);
   (d) rule        the spec's cold-start rule.
 
 It reports, per model and policy, the share of the achievable gain captured over all weeks,
@@ -173,7 +174,7 @@ def run_seed(seed: int, model: str, weeks: int) -> dict:
         for name, state in loops.items():
             policy = Policy(state.spec, state.champion, state.safe)
             if name == "loop" and week == FROZEN_WEEK:
-                frozen = Policy(spec, state.champion)
+                frozen = Policy(spec, state.champion).frozen()
             actions = policy.decide(entities, KEY)
             values[name] = world.realise(model, population, actions["decision"])["value"].sum()
             if name == "loop":
@@ -181,7 +182,7 @@ def run_seed(seed: int, model: str, weeks: int) -> dict:
             state.actions.append(actions)
             state.events.append(world.outcome_events(model, population, actions["decision"], actions["action_id"],
                                                      actions["decided_at"]))
-        frozen_policy = frozen or Policy(spec, loops["loop"].champion)
+        frozen_policy = frozen or Policy(spec, loops["loop"].champion).frozen()
         values["frozen"] = world.realise(model, population,
                                          frozen_policy.decisions(frozen_policy.scores(entities), entities))["value"].sum()
         rule = Policy(spec)

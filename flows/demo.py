@@ -96,7 +96,7 @@ def run_demo(config: DemoConfig, on_week: Callable[[int, dict], None] | None = N
             population = world.population(model, week)
             loop_policy = Policy(spec, _champion(runtime, model), SafeMode.from_frame(active(runtime.store, model)))
             if week == config.frozen_week:
-                frozen[model] = loop_policy
+                frozen[model] = loop_policy.frozen()
             frozen_policy = frozen.get(model, loop_policy)
 
             actions = _decide(world, loop_policy, population, key)

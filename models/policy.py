@@ -6,6 +6,7 @@ the propensity of that decision (below 1 only where the spec's exploration may f
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property, reduce
 
@@ -54,6 +55,12 @@ class Policy:
     def threshold(self) -> float:
         """The default threshold (per-segment thresholds: ``thresholds``)."""
         return self.model.threshold if self.model else 0.5
+
+    def frozen(self) -> Policy:
+        """The same champion and thresholds as a deployment without the loop runs them: the model decides every
+        row (no cold-start rule for categories it never saw, no safe mode). The demo's and the benchmark's
+        "frozen" baseline: what a company that stops at deploying its model has."""
+        return Policy(dataclasses.replace(self.spec, new_categories="model"), self.model)
 
     def thresholds(self, frame: pl.DataFrame) -> np.ndarray:
         """The threshold of each row: its segment's, as registered with the model (models/thresholds.py);

@@ -24,6 +24,7 @@ from models.decision_aware import (
 )
 from features.build import model_inputs
 from models.policy import Policy
+from models.safe_decisions import SafeMode
 from models.thresholds import incremental_value_threshold
 from models.train import fit_model, predict_scores
 from simulator.world import World, WorldConfig
@@ -174,3 +175,6 @@ def test_a_category_the_champion_never_saw_is_decided_by_the_cold_start_rule(con
     np.testing.assert_allclose(modelled["score"].to_numpy(), predict_scores(trained.estimator, entities.filter(pl.Series(~new)), spec))
     extrapolating = Policy(dataclasses.replace(spec, new_categories="model"), model).decide(entities, KEY)
     assert (extrapolating["threshold"] == trained.threshold.threshold).all()
+    # The demo's and benchmark's frozen baseline is the champion as a plain deployment: it extrapolates too.
+    frozen = Policy(spec, model, SafeMode(frozenset({("source", "referral")}))).frozen()
+    assert frozen.model is model and not frozen.safe_mode.segments and not frozen.ruled_rows(entities).any()
