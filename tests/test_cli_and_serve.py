@@ -66,7 +66,7 @@ def test_an_unknown_estimator_is_refused_with_the_choices(tmp_path, specs):
 
 
 def test_an_unknown_new_categories_choice_is_refused(tmp_path, specs):
-    text = 'new_categories = "ignore"\n' + specs["lead_scoring"].source_text
+    text = specs["lead_scoring"].source_text.replace('new_categories = "rule"', 'new_categories = "ignore"', 1)
     with pytest.raises(SpecError, match="new_categories is 'ignore'; expected one of rule, model"):
         parse_spec(text, tmp_path / "broken.toml")
 
