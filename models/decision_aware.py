@@ -75,10 +75,15 @@ def is_decision_aware(estimator: Any) -> bool:
 
 
 def action_probabilities(estimator: DecisionAwareModel, frame: pl.DataFrame, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(P(positive | x, positive decision), P(positive | x, negative decision)) for every row."""
+    """(P(positive | x, positive decision), P(positive | x, negative decision)) for every row.
+
+    One prediction on the rows stacked under both decisions: a pipeline call costs about 2 ms whatever
+    its size, which is most of a single decision's time in the scoring service.
+    """
     inputs = model_inputs(frame, spec)
-    return (estimator.probability_under(inputs, spec.positive_decision),
-            estimator.probability_under(inputs, spec.negative_decision))
+    stacked = pl.concat([with_decision(inputs, spec.positive_decision), with_decision(inputs, spec.negative_decision)])
+    probabilities = estimator.estimator.predict_proba(stacked)[:, 1]
+    return probabilities[:frame.height], probabilities[frame.height:]
 
 
 def outcome_probability(estimator: Any, frame: pl.DataFrame, spec: ModelSpec) -> np.ndarray:

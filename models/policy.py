@@ -65,9 +65,12 @@ class Policy:
     def thresholds(self, frame: pl.DataFrame) -> np.ndarray:
         """The threshold of each row: its segment's, as registered with the model (models/thresholds.py);
         the rule's where the rule decides (a category the model never saw, models/support.py)."""
+        return self._thresholds(frame, self.ruled_rows(frame))
+
+    def _thresholds(self, frame: pl.DataFrame, ruled: np.ndarray) -> np.ndarray:
         if self.model is None:
             return np.full(frame.height, self.threshold)
-        return np.where(self.ruled_rows(frame), RULE_THRESHOLD, self.model.segment_thresholds.for_rows(frame))
+        return np.where(ruled, RULE_THRESHOLD, self.model.segment_thresholds.for_rows(frame))
 
     def ruled_rows(self, frame: pl.DataFrame) -> np.ndarray:
         """Rows the cold-start rule decides: all before a model exists; with one, those with a category it never saw."""
@@ -87,10 +90,12 @@ class Policy:
         return frame.with_columns(rule_expression(self.spec).cast(pl.Float64).alias("__rule"))["__rule"].to_numpy()
 
     def scores(self, frame: pl.DataFrame) -> np.ndarray:
+        return self._scores(frame, self.ruled_rows(frame))
+
+    def _scores(self, frame: pl.DataFrame, ruled: np.ndarray) -> np.ndarray:
         if self.model is None:
             return self._rule_scores(frame)
         scores = predict_scores(self.model.estimator, frame, self.spec)
-        ruled = self.ruled_rows(frame)
         return np.where(ruled, self._rule_scores(frame), scores) if ruled.any() else scores
 
     def outcome_probabilities(self, frame: pl.DataFrame, decisions: pl.Series) -> np.ndarray:
@@ -112,14 +117,15 @@ class Policy:
         model is one action). Decisions near the threshold explore (models/exploration.py); every
         action carries the propensity of its decision.
         """
-        scores = self.scores(entities)
+        ruled = self.ruled_rows(entities)     # once: scores, thresholds and exploration all depend on it
+        scores = self._scores(entities, ruled)
         entity_id = pseudonymise(entities.get_column("entity_ref"), key).alias("entity_id")
         frame = entities.with_columns(entity_id)
         if action_ids is None:
             action_ids = frame.select(pl.format("{}-{}-{}", pl.lit(self.spec.name[:4]), pl.col("entity_id").str.slice(4, 16),
                                                 pl.col("decided_at").dt.epoch("ms"))).to_series()
-        thresholds = self.thresholds(frame)
-        explored = explore(scores, thresholds, action_ids, self.spec, everywhere=self.ruled_rows(frame))
+        thresholds = self._thresholds(frame, ruled)
+        explored = explore(scores, thresholds, action_ids, self.spec, everywhere=ruled)
         actions = frame.with_columns(
             action_ids.alias("action_id"),
             pl.Series("score", scores, dtype=pl.Float64),

@@ -23,6 +23,7 @@ from features.spec import ModelSpec
 from models.decision_aware import is_decision_aware
 from models.segments import unwrap
 
+SMALL_FRAME = 64        # rows up to which rows_outside checks in Python rather than with a polars query
 RULE_THRESHOLD = 0.5     # the threshold logged with a rule decision: any threshold in (0, 1) splits its 0/1 score alike
 
 
@@ -56,6 +57,13 @@ def unseen_rows(estimator: Any, frame: pl.DataFrame, spec: ModelSpec) -> np.ndar
 
 def rows_outside(seen: dict[str, list[str]], frame: pl.DataFrame) -> np.ndarray:
     """True for each row with a value outside ``seen`` (seen_categories) in one of its columns."""
+    columns = [c for c in seen if c in frame.columns]
+    if 0 < frame.height <= SMALL_FRAME:
+        # A single decision in the scoring service: set lookups take microseconds, a polars query 0.2 ms.
+        sets = {c: set(seen[c]) for c in columns}
+        values = {c: frame.get_column(c).cast(pl.String).to_list() for c in columns}
+        return np.array([any(values[c][i] is not None and values[c][i] not in sets[c] for c in columns)
+                         for i in range(frame.height)], dtype=bool)
     conditions = [pl.col(column).cast(pl.String).is_in(values).not_().fill_null(False)
                   for column, values in seen.items() if column in frame.columns]
     if not conditions or frame.is_empty():

@@ -84,6 +84,9 @@ def test_the_decision_compares_the_expected_value_of_both_decisions(constructed)
     spec, split, evaluation, _ = constructed
     trained = fit_model(split, spec)
     p_meeting, p_nurture = action_probabilities(trained.estimator, evaluation, spec)
+    inputs = model_inputs(evaluation, spec)     # one stacked prediction gives what two separate ones give
+    np.testing.assert_array_equal(p_meeting, trained.estimator.probability_under(inputs, "propose_meeting"))
+    np.testing.assert_array_equal(p_nurture, trained.estimator.probability_under(inputs, "nurture"))
     scores = predict_scores(trained.estimator, evaluation, spec)
     np.testing.assert_allclose(scores, p_meeting - p_nurture)
     np.testing.assert_allclose(decision_scores(trained.estimator, evaluation, spec), scores)
