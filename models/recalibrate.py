@@ -23,7 +23,6 @@ import numpy as np
 import polars as pl
 from scipy.optimize import brentq
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.frozen import FrozenEstimator
 
 from features.spec import ModelSpec
 from features.training_set import Split, time_split
@@ -31,6 +30,7 @@ from models.decision_aware import is_decision_aware, outcome_probability
 from models.evaluate import classification_metrics
 from models.registry import LoadedModel
 from models.segments import unwrap
+from models.support import fitted_pipeline
 from models.train import (
     TrainedModel,
     calibrate,
@@ -126,8 +126,7 @@ def base_pipeline(estimator):
     calibrated = unwrap(estimator)
     if not isinstance(calibrated, CalibratedClassifierCV):
         raise TypeError(f"cannot recalibrate a {type(calibrated).__name__}: expected a CalibratedClassifierCV")
-    inner = calibrated.calibrated_classifiers_[0].estimator
-    return inner.estimator if isinstance(inner, FrozenEstimator) else inner
+    return fitted_pipeline(calibrated)
 
 
 @dataclass(frozen=True)
