@@ -359,11 +359,15 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
     )
 
 
-def _choice(raw: dict, key: str, allowed: tuple[str, ...], path: Path) -> str:
-    value = raw.get(key, allowed[0])
+def _one_of(value: Any, allowed: tuple[str, ...], where: str, path: Path) -> Any:
     if value not in allowed:
-        raise SpecError(f"{path}: {key} is {value!r}; expected one of {', '.join(allowed)}")
+        raise SpecError(f"{path}: {where} is {value!r}; expected one of {', '.join(allowed)}")
     return value
+
+
+def _choice(raw: dict, key: str, allowed: tuple[str, ...], path: Path) -> str:
+    """A top-level choice of the spec; the first allowed value when the key is absent."""
+    return _one_of(raw.get(key, allowed[0]), allowed, key, path)
 
 
 _TRAINING_CHOICES: Final = {"calibration": ("isotonic", "sigmoid"), "estimator": ("gradient_boosting", "logistic"),
@@ -373,8 +377,7 @@ _TRAINING_CHOICES: Final = {"calibration": ("isotonic", "sigmoid"), "estimator":
 def _training(raw: dict, path: Path) -> TrainingConfig:
     training = _build(TrainingConfig, _section(raw, "training", path), path, "training")
     for key, allowed in _TRAINING_CHOICES.items():
-        if getattr(training, key) not in allowed:
-            raise SpecError(f"{path}: [training] {key} is {getattr(training, key)!r}; expected one of {', '.join(allowed)}")
+        _one_of(getattr(training, key), allowed, f"[training] {key}", path)
     return training
 
 

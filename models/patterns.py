@@ -44,6 +44,7 @@ import numpy as np
 import polars as pl
 
 from features.spec import ModelSpec
+from models.decision_aware import outcome_probability
 
 OUTCOME = "outcome"
 EXPECTED = "expected"
@@ -150,8 +151,6 @@ def _counts(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
 
 def with_expected(frame: pl.DataFrame, estimator: Any, spec: ModelSpec) -> pl.DataFrame:
     """The window with the champion's P(positive outcome | features, logged decision) per row, as ``expected``."""
-    from models.decision_aware import outcome_probability
-
     if frame.is_empty():
         return frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(EXPECTED))
     return frame.with_columns(pl.Series(EXPECTED, outcome_probability(estimator, frame, spec), dtype=pl.Float64))
