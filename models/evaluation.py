@@ -31,6 +31,10 @@ class Comparison:
 
 
 METHODS = ("dr", "snips")
+# The doubly robust estimator's outcome model learns from at most this many of the labelled rows before the
+# test slice (the most recent): about 7 weeks of leads, 2 of replies. More cost time (5 fits per estimate) and
+# reach back into older behaviour.
+OUTCOME_MODEL_ROWS = 10_000
 
 
 def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.ndarray,
@@ -38,12 +42,13 @@ def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.n
                     champion_threshold: float | np.ndarray | None,
                     challenger_probabilities: np.ndarray | None = None,
                     champion_probabilities: np.ndarray | None = None,
-                    compare_metrics: bool = True) -> Evidence:
+                    compare_metrics: bool = True, outcome_rows: pl.DataFrame | None = None) -> Evidence:
     """Off-policy values of both policies and the paired differences, on the test slice (new to both models).
 
     ``*_scores`` are what each threshold applies to (the policy); ``*_probabilities`` the outcome
     probabilities the paired AUC and calibration differences compare with labels (default: the scores,
-    as for a pooled model). ``compare_metrics=False`` compares values only: the cold-start rule's
+    as for a pooled model). ``outcome_rows`` (older labelled logs) only help fit the doubly robust
+    estimator's outcome model (models/ope.py, ``logged_rows``). ``compare_metrics=False`` compares values only: the cold-start rule's
     0/1 scores are no probabilities to take an AUC or a calibration error of.
 
     The test slice is the most recent labelled weeks: the challenger was neither fit nor calibrated on
@@ -60,7 +65,7 @@ def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.n
         empty = OPEResult(float("nan"), float("nan"), float("nan"), 0.0, 0.0, 0, "dr", test.height, blocks.kind)
         nan = Difference("value_dr", float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), blocks.kind)
         return Evidence(alpha, {"dr": empty}, {}, {"value_dr": nan} if champion_scores is not None else {})
-    logged = logged_rows(test, spec, blocks=blocks)
+    logged = logged_rows(test, spec, blocks=blocks, outcome_rows=outcome_rows)
     p_challenger = positive_probability(challenger_scores, challenger_threshold, spec)
     challenger_value = {m: estimate(logged, p_challenger, m, **settings) for m in METHODS}
     if champion_scores is None or champion_threshold is None:
@@ -104,7 +109,9 @@ def compare_with_champion(spec: ModelSpec, trained: TrainedModel, split: Split, 
     evidence = gather_evidence(spec, split.test, new.scores(split.test), new.thresholds(split.test), champion_scores,
                                old.thresholds(split.test) if old is not None else None, trained.test_scores,
                                champion_probabilities,
-                               compare_metrics=champion is not None)
+                               compare_metrics=champion is not None,
+                               outcome_rows=pl.concat([split.fit, split.calibration], how="diagonal_relaxed")
+                               .tail(OUTCOME_MODEL_ROWS))
     decision = decide_promotion(spec.gates, trained.test_metrics, champion_metrics, split.test.height, flips, evidence)
     return Comparison(trained.test_metrics, champion_metrics, flips, decision, evidence)
 
