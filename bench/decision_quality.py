@@ -160,7 +160,7 @@ def run_seed(seed: int, model: str, weeks: int) -> dict:
 
     specs = load_specs(ROOT / "data" / "specs")
     spec = specs[model]
-    naive_spec = dataclasses.replace(spec, exploration=dataclasses.replace(spec.exploration, share=0.0),
+    naive_spec = dataclasses.replace(spec, exploration=dataclasses.replace(spec.exploration, share=0.0, rule_share=None),
                                      training=dataclasses.replace(spec.training, decision_aware=False))
     world = World(WorldConfig(seed=seed), specs)
     loops = {"loop": LoopState(spec, safe=SafeMode()), "naive": LoopState(naive_spec, safe=SafeMode())}

@@ -176,6 +176,7 @@ class Exploration:
     band: float = 0.0
     seed: int = 0
     never_to: tuple[str, ...] = ()     # decisions exploration never takes (e.g. auto_send)
+    rule_share: float | None = None    # share for rows the cold-start rule decides (None: ``share``)
 
 
 @dataclass(frozen=True)
@@ -300,10 +301,13 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
         raise SpecError(f"{path}: unknown_categories must be 'accept' or 'reject', not {policy!r}")
     exploration = _build(Exploration, raw.get("exploration", {}), path, "exploration")
     exploration = Exploration(float(exploration.share), float(exploration.band), int(exploration.seed),
-                              tuple(exploration.never_to))
+                              tuple(exploration.never_to),
+                              None if exploration.rule_share is None else float(exploration.rule_share))
     if not (0 <= exploration.share < 0.5 and exploration.band >= 0):
         raise SpecError(f"{path}: [exploration] needs 0 <= share < 0.5 and band >= 0, got share={exploration.share}, "
                         f"band={exploration.band}")
+    if exploration.rule_share is not None and not 0 <= exploration.rule_share < 0.5:
+        raise SpecError(f"{path}: [exploration] needs 0 <= rule_share < 0.5, got {exploration.rule_share}")
     positive, negative = raw["positive_decision"], raw["negative_decision"]
     if set(exploration.never_to) - {positive, negative}:
         raise SpecError(f"{path}: [exploration] never_to names decisions other than {positive!r} and {negative!r}")

@@ -52,13 +52,17 @@ def positive_probability(scores: np.ndarray, threshold: float | np.ndarray, spec
     exploration: Exploration = spec.exploration
     scores = np.asarray(scores, dtype=float)
     greedy_positive = scores >= threshold
-    near = (np.abs(scores - threshold) <= exploration.band) | np.broadcast_to(np.asarray(everywhere, dtype=bool), scores.shape)
-    share = exploration.share
+    ruled = np.broadcast_to(np.asarray(everywhere, dtype=bool), scores.shape)
+    near = (np.abs(scores - threshold) <= exploration.band) | ruled
+    rule_share = exploration.share if exploration.rule_share is None else exploration.rule_share
+    share = np.where(ruled, rule_share, exploration.share)
     may_turn_negative = spec.negative_decision not in exploration.never_to
     may_turn_positive = spec.positive_decision not in exploration.never_to
     probability = greedy_positive.astype(float)
-    probability[near & greedy_positive & may_turn_negative] = 1.0 - share
-    probability[near & ~greedy_positive & may_turn_positive] = share
+    turn_negative = near & greedy_positive & may_turn_negative
+    turn_positive = near & ~greedy_positive & may_turn_positive
+    probability[turn_negative] = 1.0 - share[turn_negative]
+    probability[turn_positive] = share[turn_positive]
     return probability
 
 
@@ -68,7 +72,8 @@ def explore(scores: np.ndarray, threshold: float | np.ndarray, action_ids: pl.Se
     p_positive = positive_probability(scores, threshold, spec, everywhere)
     greedy_positive = np.asarray(scores, dtype=float) >= threshold
     # A decision is random only where 0 < p < 1; there u < min(p, 1 - p) takes the less likely side.
-    u = uniform_draws(action_ids, spec.exploration.seed) if spec.exploration.share > 0 else np.ones(len(p_positive))
+    explores = spec.exploration.share > 0 or bool(spec.exploration.rule_share)
+    u = uniform_draws(action_ids, spec.exploration.seed) if explores else np.ones(len(p_positive))
     random = (p_positive > 0) & (p_positive < 1)
     flipped = random & (u < np.minimum(p_positive, 1 - p_positive))
     positive = np.where(flipped, ~greedy_positive, greedy_positive)

@@ -96,3 +96,21 @@ def test_the_reply_rule_never_explores_into_auto_send(specs):
     actions = Policy(spec).decide(entities, b"k")
     assert actions["decision"].to_list() == ["human_review"] * n
     assert actions["propensity"].to_list() == [1.0] * n
+
+
+def test_rows_the_cold_start_rule_decides_explore_at_their_own_share(specs):
+    spec = _with(specs["lead_scoring"], share=0.05, band=0.1, seed=3, rule_share=0.02)
+    n = 60_000
+    scores = np.random.default_rng(2).random(n)
+    ruled = np.arange(n) % 2 == 0                  # every other row decided by the rule (say, a new category)
+    result = explore(scores, 0.5, _ids(n), spec, everywhere=ruled)
+    near = np.abs(scores - 0.5) <= 0.1
+    assert abs(result.explored[ruled].mean() - 0.02) < 0.003            # all of them, wherever their score
+    assert abs(result.explored[~ruled & near].mean() - 0.05) < 0.01
+    assert not result.explored[~ruled & ~near].any()
+    share = np.where(ruled, 0.02, 0.05)
+    expected = np.where(~(near | ruled), 1.0, np.where(result.explored, share, 1.0 - share))
+    assert np.allclose(result.propensity, expected)
+    # Without rule_share the rule explores at the model's share, as before.
+    same = explore(scores, 0.5, _ids(n), _with(specs["lead_scoring"], share=0.05, band=0.1, seed=3), everywhere=ruled)
+    assert abs(same.explored[ruled].mean() - 0.05) < 0.005

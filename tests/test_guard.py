@@ -16,7 +16,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from features.spec import Exploration
 from models.exploration import explore, positive_probability
 from models.guard import Claim, guard_period, guard_verdict, run_guard
 from tests.test_ope import spec  # noqa: F401 - the one-feature lead spec of the OPE tests is a fixture
@@ -143,7 +142,7 @@ AS_OF = PROMOTED_AT + timedelta(weeks=2, days=3)
 
 def wide_spec(specs):
     """The lead spec with exploration wide enough for the previous threshold's decisions to be covered."""
-    return dataclasses.replace(specs[MODEL], exploration=Exploration(share=0.2, band=0.2, seed=11))
+    return dataclasses.replace(specs[MODEL], exploration=dataclasses.replace(specs[MODEL].exploration, share=0.2, band=0.2))
 
 
 def _register(runtime, estimator, threshold: float, metrics: dict[str, float]) -> str:

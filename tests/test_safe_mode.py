@@ -157,7 +157,7 @@ def test_the_batch_decisions_follow_the_safe_mode_table(loop_home, specs):
     # The cold-start rule proposes a meeting to every referral; without its own exploration here, so the
     # only random decisions are the safe-mode floor's.
     spec = dataclasses.replace(specs["lead_scoring"],
-                               exploration=dataclasses.replace(specs["lead_scoring"].exploration, share=0.0))
+                               exploration=dataclasses.replace(specs["lead_scoring"].exploration, share=0.0, rule_share=None))
     store = Runtime.from_env().store
     enter(store, "lead_scoring", [Segment("source", "referral", "fell")], NOW)
     policy = Policy(spec, None, SafeMode.from_frame(active(store, "lead_scoring")))
