@@ -14,7 +14,7 @@ from models.decision_aware import outcome_probability
 from models.evaluate import classification_metrics
 from models.exploration import positive_probability
 from models.gates import Evidence, paired_metric_differences, weekly_alpha
-from models.ope import Difference, OPEResult, estimate, logged_rows, value_difference
+from models.ope import OUTCOME_MODEL_ROWS, Difference, OPEResult, estimate, logged_rows, value_difference
 from models.policy import Policy
 from models.promotion import PromotionDecision, decide_promotion, flip_share
 from models.registry import LoadedModel
@@ -31,10 +31,6 @@ class Comparison:
 
 
 METHODS = ("dr", "snips")
-# The doubly robust estimator's outcome model learns from at most this many of the labelled rows before the
-# test slice (the most recent): about 7 weeks of leads, 2 of replies. More cost time (5 fits per estimate) and
-# reach back into older behaviour.
-OUTCOME_MODEL_ROWS = 10_000
 
 
 def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.ndarray,

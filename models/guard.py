@@ -43,11 +43,13 @@ import polars as pl
 from features.spec import ModelSpec
 from models.exploration import positive_probability
 from models.gates import coverage_problems, weekly_alpha
-from models.ope import Difference, OPEResult, estimate, logged_rows, value_difference
+from models.ope import OUTCOME_MODEL_ROWS, Difference, OPEResult, estimate, logged_rows, value_difference
 from models.safe_decisions import SafeMode
 
 Action = Literal["rollback", "held", "uncovered", "wait"]
 ACTOR = "guard"
+# How far before the promotion the outcome model's rows reach (then capped at OUTCOME_MODEL_ROWS, the latest).
+OUTCOME_MODEL_LOOKBACK = timedelta(weeks=8)
 PLURAL = {"week": "weeks", "entity": "entities", "row": "rows"}
 PROMOTIONS = ("promoted", "approved")
 ALIAS_EVENTS = (*PROMOTIONS, "rolled_back", "manual_promotion")
@@ -96,12 +98,14 @@ class GuardVerdict:
 
 def guard_verdict(spec: ModelSpec, logs: pl.DataFrame, new_scores: np.ndarray, new_threshold: float | np.ndarray,
                   previous_scores: np.ndarray, previous_threshold: float | np.ndarray, claim: Claim,
-                  claim_comparable: bool = True) -> GuardVerdict:
+                  claim_comparable: bool = True, outcome_rows: pl.DataFrame | None = None) -> GuardVerdict:
     """The rule of the module docstring on labelled post-promotion logs (``decision``, ``propensity``,
     ``label``, features, ``week``/``entity_id``) scored by the new and the previous champion.
 
     ``claim_comparable=False`` (rows of held segments were left out, the claim was measured with them):
     the bar is ``-guard_margin``, i.e. roll back only when the new champion is clearly worse than the previous one.
+    ``outcome_rows``: labelled logs from before the promotion, for the doubly robust outcome model only, as
+    the promotion's own estimate had them (models/ope.py, ``logged_rows``).
     """
     gates = spec.gates
     known = int((logs.get_column("propensity").cast(pl.Float64).fill_nan(None).fill_null(0.0) > 0).sum()) if logs.height else 0
@@ -110,7 +114,7 @@ def guard_verdict(spec: ModelSpec, logs: pl.DataFrame, new_scores: np.ndarray, n
                                     f"needs {gates.min_labelled_rows}", known)
     alpha = weekly_alpha(gates)
     settings = {"one_sided_alpha": alpha, "resamples": gates.bootstrap_resamples, "seed": spec.training.seed}
-    logged = logged_rows(logs, spec)
+    logged = logged_rows(logs, spec, outcome_rows=outcome_rows)
     p_new = positive_probability(new_scores, new_threshold, spec)
     p_previous = positive_probability(previous_scores, previous_threshold, spec)
     new_value, previous_value = estimate(logged, p_new, "dr", **settings), estimate(logged, p_previous, "dr", **settings)
@@ -227,8 +231,11 @@ def run_guard(store, registry, spec: ModelSpec, as_of: datetime) -> dict[str, An
         # them up to 8x slower (27 s instead of 3.5 s for 5,000 rows), and the guard runs in every monitor run.
         with threadpool_limits(1):
             # Each row at the threshold each policy would have used for it (its segment's, or the rule's).
+            # The rows before the promotion teach the outcome model, as they did for the estimate the claim came from.
+            older = labelled_between(store, spec, period.start - OUTCOME_MODEL_LOOKBACK, period.start, as_of)
             verdict = guard_verdict(spec, logs, new.scores(logs), new.thresholds(logs), previous.scores(logs),
-                                    previous.thresholds(logs), claim, claim_comparable=logs.height == before)
+                                    previous.thresholds(logs), claim, claim_comparable=logs.height == before,
+                                    outcome_rows=older.tail(OUTCOME_MODEL_ROWS))
     out |= {"action": verdict.action, "reason": verdict.reason, "figures": verdict.figures()}
     if verdict.action != "rollback":
         return {**out, "status": verdict.action}
