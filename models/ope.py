@@ -159,8 +159,9 @@ def logged_rows(frame: pl.DataFrame, spec: ModelSpec, *, model_factory: Callable
     ``outcome_rows``: further labelled logs (same columns), e.g. the weeks before the evaluated slice.
     They only help fit q̂: each fold's q̂ is fit on them and the other folds, so it still never sees
     the rows it predicts, but learns the decision's effect from many more explored rows. On a test
-    slice of one week (about 20 explored leads) q̂ alone could not, and the doubly robust estimate's
-    error against the simulator's truth was twice as large (bench/decision_quality.py, README).
+    slice of one week (about 20 explored leads) q̂ alone could not: on the simulator the doubly robust
+    difference's mean error against the truth is 22.0 EUR per decision that way, 17.9 with the older rows
+    (80 lead comparisons, bench/ope_accuracy.py).
     """
     known = _known_propensity(frame)
     kept = frame.filter(pl.Series(known))

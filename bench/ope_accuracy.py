@@ -1,0 +1,124 @@
+"""How close the promotion gate's doubly robust value difference comes to the truth, on the simulator.
+
+The simulator knows every lead's true conversion chance with and without a meeting, so the true value
+difference between a challenger's and the champion's policy on the gate's test rows is known. This runs the
+benchmark's loop (bench/decision_quality.py) for one seed and, at every gate comparison, prints the truth
+next to the doubly robust estimate as the gate makes it (its outcome model also fit on up to
+OUTCOME_MODEL_ROWS older labelled rows) and as it was made on the test slice alone.
+
+    .venv/bin/python bench/ope_accuracy.py                 # leads, seeds 1-5, 20 weeks (about 2 min)
+    .venv/bin/python bench/ope_accuracy.py --seeds 2 --model reply_acceptance --quiet
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--quiet", action="store_true", help="only the summary, not every comparison")
+    parser.add_argument("--weeks", type=int, default=20)
+    parser.add_argument("--model", default="lead_scoring", choices=["lead_scoring", "reply_acceptance"])
+    args = parser.parse_args(argv)
+
+    import polars as pl
+
+    import bench.decision_quality as dq
+    from features.spec import load_specs
+    from models import evaluation
+    from models.exploration import positive_probability
+    from models.ope import OUTCOME_MODEL_ROWS
+    from models.policy import Policy
+    from models.safe_decisions import SafeMode
+    from simulator.world import World, WorldConfig
+
+    specs = load_specs(ROOT / "data" / "specs")
+    spec = specs[args.model]
+    objective = spec.objective
+    gate = evaluation.compare_with_champion
+    comparisons: list[dict] = []
+
+    def run_seed(seed: int) -> None:
+        world = World(WorldConfig(seed=seed), specs)
+
+        def true_value(p_positive: np.ndarray, rows: pl.DataFrame) -> float:
+            """Expected EUR per decision of a policy taking the positive decision with these probabilities."""
+            p_pos, p_neg = world._p_both(args.model, rows)
+            if args.model == "lead_scoring":
+                positive = objective.value_per_conversion * p_pos - objective.cost_per_action
+                return float(np.mean(p_positive * positive + (1 - p_positive) * objective.value_per_conversion * p_neg))
+            return float(np.mean(p_positive * (objective.value_per_action * p_pos
+                                               - objective.cost_per_failure * (1 - p_pos))))
+
+        def compare_and_check(spec_, trained, split, champion, recent, challenger):
+            comparison = gate(spec_, trained, split, champion, recent, challenger)
+            if champion is None:
+                return comparison
+            test = split.test
+            new, old = Policy(spec_, challenger), Policy(spec_, champion)
+            p_new = positive_probability(new.scores(test), new.thresholds(test), spec_)
+            p_old = positive_probability(old.scores(test), old.thresholds(test), spec_)
+            alone = evaluation.gather_evidence(spec_, test, new.scores(test), new.thresholds(test), old.scores(test),
+                                               old.thresholds(test), compare_metrics=False).differences["value_dr"]
+            comparisons.append({"seed": seed, "rows": test.height, "explored": int((test["propensity"] < 0.5).sum()),
+                                "truth": true_value(p_new, test) - true_value(p_old, test),
+                                "gate": comparison.evidence.differences["value_dr"], "alone": alone,
+                                "action": comparison.decision.action})
+            return comparison
+
+        evaluation.compare_with_champion = compare_and_check
+        state = dq.LoopState(spec, safe=SafeMode())
+        for week in range(args.weeks):
+            population = world.population(args.model, week)
+            actions = Policy(spec, state.champion, state.safe).decide(dq._entities(population, spec), dq.KEY)
+            state.actions.append(actions)
+            state.events.append(world.outcome_events(args.model, population, actions["decision"], actions["action_id"],
+                                                     actions["decided_at"]))
+            before = len(comparisons)
+            dq._cycle(state, world.week_start(week + 1) + timedelta(hours=3), week)
+            if len(comparisons) > before and not args.quiet:
+                c = comparisons[-1]
+                print(f"seed {seed} week {week:2d}  {c['rows']:5d} test rows ({c['explored']:3d} explored)  "
+                      f"truth {c['truth']:+8.2f}  gate {c['gate'].difference:+8.2f} [{c['gate'].low:+8.2f}, "
+                      f"{c['gate'].high:+8.2f}]  test slice alone {c['alone'].difference:+8.2f} "
+                      f"[{c['alone'].low:+8.2f}, {c['alone'].high:+8.2f}]  {c['action']}", flush=True)
+        evaluation.compare_with_champion = gate
+
+    for seed in args.seeds:
+        run_seed(seed)
+    if not comparisons:
+        print("no challenger was compared with a champion")
+        return 1
+    print(f"\n{args.model}, {len(comparisons)} comparisons over seeds {args.seeds}, EUR per decision "
+          f"(mean absolute error against the truth, correlation with it, share of intervals holding it); gate: the "
+          f"outcome model also fit on up to {OUTCOME_MODEL_ROWS:,} older rows")
+    groups = [(f"seed {seed}", [c for c in comparisons if c["seed"] == seed]) for seed in args.seeds]
+    for label, group in [*groups, ("all", comparisons)]:
+        if not group:
+            continue
+        truth = np.array([c["truth"] for c in group])
+        figures = []
+        for key in ("gate", "alone"):
+            estimate = np.array([c[key].difference for c in group])
+            held = np.mean([c[key].low <= t <= c[key].high for c, t in zip(group, truth, strict=True)])
+            correlation = np.corrcoef(truth, estimate)[0, 1] if len(group) > 1 else float("nan")
+            figures.append(f"{np.mean(np.abs(estimate - truth)):6.2f} {correlation:+.2f} {held:4.0%}")
+        print(f"  {label:8s} truth > 0 in {int((truth > 0).sum()):2d}/{len(group):2d}   "
+              f"gate: {figures[0]}   test slice alone: {figures[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
