@@ -44,8 +44,9 @@ def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.n
     ``*_scores`` are what each threshold applies to (the policy); ``*_probabilities`` the outcome
     probabilities the paired AUC and calibration differences compare with labels (default: the scores,
     as for a pooled model). ``outcome_rows`` (older labelled logs) only help fit the doubly robust
-    estimator's outcome model (models/ope.py, ``logged_rows``). ``compare_metrics=False`` compares values only: the cold-start rule's
-    0/1 scores are no probabilities to take an AUC or a calibration error of.
+    estimator's outcome model (models/ope.py, ``logged_rows``). ``compare_metrics=False`` compares
+    values only: the cold-start rule's 0/1 scores are no probabilities to take an AUC or a calibration
+    error of.
 
     The test slice is the most recent labelled weeks: the challenger was neither fit nor calibrated on
     them, so its value there is out of sample. Blocks are weeks if the slice spans >= 4, else entities.
