@@ -14,7 +14,7 @@ from models.decision_aware import outcome_probability
 from models.evaluate import classification_metrics
 from models.exploration import positive_probability
 from models.gates import Evidence, paired_metric_differences, weekly_alpha
-from models.ope import OUTCOME_MODEL_ROWS, Difference, OPEResult, estimate, logged_rows, value_difference
+from models.ope import Difference, OPEResult, estimate, logged_rows, value_difference
 from models.policy import Policy
 from models.promotion import PromotionDecision, decide_promotion, flip_share
 from models.registry import LoadedModel
@@ -107,8 +107,7 @@ def compare_with_champion(spec: ModelSpec, trained: TrainedModel, split: Split, 
                                old.thresholds(split.test) if old is not None else None, trained.test_scores,
                                champion_probabilities,
                                compare_metrics=champion is not None,
-                               outcome_rows=pl.concat([split.fit, split.calibration], how="diagonal_relaxed")
-                               .tail(OUTCOME_MODEL_ROWS))
+                               outcome_rows=pl.concat([split.fit, split.calibration], how="diagonal_relaxed"))
     decision = decide_promotion(spec.gates, trained.test_metrics, champion_metrics, split.test.height, flips, evidence)
     return Comparison(trained.test_metrics, champion_metrics, flips, decision, evidence)
 

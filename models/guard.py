@@ -43,12 +43,12 @@ import polars as pl
 from features.spec import ModelSpec
 from models.exploration import positive_probability
 from models.gates import coverage_problems, weekly_alpha
-from models.ope import OUTCOME_MODEL_ROWS, Difference, OPEResult, estimate, logged_rows, value_difference
+from models.ope import Difference, OPEResult, estimate, logged_rows, value_difference
 from models.safe_decisions import SafeMode
 
 Action = Literal["rollback", "held", "uncovered", "wait"]
 ACTOR = "guard"
-# How far before the promotion the outcome model's rows reach (then capped at OUTCOME_MODEL_ROWS, the latest).
+# How far before the promotion the outcome model's rows reach (models/ope.py keeps the latest OUTCOME_MODEL_ROWS).
 OUTCOME_MODEL_LOOKBACK = timedelta(weeks=8)
 PLURAL = {"week": "weeks", "entity": "entities", "row": "rows"}
 PROMOTIONS = ("promoted", "approved")
@@ -235,7 +235,7 @@ def run_guard(store, registry, spec: ModelSpec, as_of: datetime) -> dict[str, An
             older = labelled_between(store, spec, period.start - OUTCOME_MODEL_LOOKBACK, period.start, as_of)
             verdict = guard_verdict(spec, logs, new.scores(logs), new.thresholds(logs), previous.scores(logs),
                                     previous.thresholds(logs), claim, claim_comparable=logs.height == before,
-                                    outcome_rows=older.tail(OUTCOME_MODEL_ROWS))
+                                    outcome_rows=older)
     out |= {"action": verdict.action, "reason": verdict.reason, "figures": verdict.figures()}
     if verdict.action != "rollback":
         return {**out, "status": verdict.action}

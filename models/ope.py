@@ -156,12 +156,13 @@ def logged_rows(frame: pl.DataFrame, spec: ModelSpec, *, model_factory: Callable
                 cross_fit: bool = True, blocks: Blocks | None = None, outcome_rows: pl.DataFrame | None = None) -> Logged:
     """The labelled frame (``decision``, ``propensity``, ``label``, features, ``week``/``entity_id``) prepared for OPE.
 
-    ``outcome_rows``: further labelled logs (same columns), e.g. the weeks before the evaluated slice.
-    They only help fit q̂: each fold's q̂ is fit on them and the other folds, so it still never sees
-    the rows it predicts, but learns the decision's effect from many more explored rows. On a test
-    slice of one week (about 20 explored leads) q̂ alone could not: on the simulator the doubly robust
-    difference's mean error against the truth is 22.0 EUR per decision that way, 17.9 with the older rows
-    (80 lead comparisons, bench/ope_accuracy.py).
+    ``outcome_rows``: further labelled logs (same columns, oldest first), e.g. the weeks before the
+    evaluated slice; the latest ``OUTCOME_MODEL_ROWS`` of them are used. They only help fit q̂: each
+    fold's q̂ is fit on them and the other folds, so it still never sees the rows it predicts, but
+    learns the decision's effect from many more explored rows. On a test slice of one week (about 20
+    explored leads) q̂ alone could not: on the simulator the doubly robust difference's mean error
+    against the truth is 22.0 EUR per decision that way, 17.9 with the older rows (80 lead
+    comparisons, bench/ope_accuracy.py).
     """
     known = _known_propensity(frame)
     kept = frame.filter(pl.Series(known))
@@ -172,7 +173,8 @@ def logged_rows(frame: pl.DataFrame, spec: ModelSpec, *, model_factory: Callable
     labels = kept.get_column("label").cast(pl.Int64).to_numpy()
     features, auxiliary = outcome_inputs(kept, spec), None
     if outcome_rows is not None and outcome_rows.height:
-        extra = outcome_rows.filter(pl.Series(_known_propensity(outcome_rows)))
+        latest = outcome_rows.tail(OUTCOME_MODEL_ROWS)
+        extra = latest.filter(pl.Series(_known_propensity(latest)))
         # One encoding for both, so a category seen only in one of them gets the same column in each.
         both = outcome_inputs(pl.concat([kept.select(spec.feature_names), extra.select(spec.feature_names)],
                                         how="vertical_relaxed"), spec)
