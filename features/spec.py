@@ -156,6 +156,11 @@ class Gates:
     min_coverage: float = 0.90          # share of the challenger's decision mass the logging policy could take
     min_ess: float = 100.0              # effective sample size of the importance weights
     bootstrap_resamples: int = 1000
+    # The doubly robust value intervals (promotion, guard): "widened" takes the block bootstrap's percentile interval
+    # and widens it to the normal interval of the model-based standard error where that is wider (models/ope.py);
+    # "bootstrap" keeps the percentile interval alone, which is too narrow when rewards are rare and few rows are
+    # explored (on the lead simulator it held the truth in 80 % of comparisons for a nominal 95 %).
+    value_interval: str = "widened"
     # Guard after promotion (models/guard.py): for this many weeks after a promotion, the new champion's
     # value gain over the previous one is re-estimated off-policy on the new weeks' logs; when it clearly
     # falls short of the gain claimed at promotion by more than `guard_margin` (EUR per decision) and no
@@ -331,6 +336,8 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
                         f"and bootstrap_resamples >= 100")
     if not gates.approval_timeout_hours > 0:
         raise SpecError(f"{path}: [gates] approval_timeout_hours must be positive, not {gates.approval_timeout_hours!r}")
+    if gates.value_interval not in ("widened", "bootstrap"):
+        raise SpecError(f"{path}: [gates] value_interval must be 'widened' or 'bootstrap', not {gates.value_interval!r}")
     if gates.guard_weeks < 0 or gates.guard_margin < 0:
         raise SpecError(f"{path}: [gates] guard_weeks and guard_margin must not be negative")
     patterns = _patterns(raw, features, path)

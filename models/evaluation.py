@@ -13,7 +13,12 @@ from models.bootstrap import choose_blocks
 from models.decision_aware import outcome_probability
 from models.evaluate import classification_metrics
 from models.exploration import positive_probability
-from models.gates import Evidence, paired_metric_differences, weekly_alpha
+from models.gates import (
+    Evidence,
+    estimate_settings,
+    paired_metric_differences,
+    weekly_alpha,
+)
 from models.ope import Difference, OPEResult, estimate, logged_rows, value_difference
 from models.policy import Policy
 from models.promotion import PromotionDecision, decide_promotion, flip_share
@@ -55,7 +60,7 @@ def gather_evidence(spec: ModelSpec, test: pl.DataFrame, challenger_scores: np.n
     alpha = weekly_alpha(gates)
     blocks = choose_blocks(test)
     seed = spec.training.seed
-    settings = {"one_sided_alpha": alpha, "resamples": gates.bootstrap_resamples, "seed": seed}
+    settings = estimate_settings(gates, seed)
     known = test.get_column("propensity").cast(pl.Float64).fill_nan(None).fill_null(0.0) > 0
     if not known.any():
         # Only an unknown logging policy: nothing can be weighted, so nothing is covered.

@@ -32,6 +32,12 @@ def weekly_alpha(gates: Gates) -> float:
     return gates.alpha / max(gates.testing_horizon_weeks, 1)
 
 
+def estimate_settings(gates: Gates, seed: int) -> dict[str, object]:
+    """Keyword arguments of the off-policy estimates (models/ope.py) under a spec's gates."""
+    return {"one_sided_alpha": weekly_alpha(gates), "resamples": gates.bootstrap_resamples, "seed": seed,
+            "widen": gates.value_interval == "widened"}
+
+
 def _row_weights(blocks: Blocks, resamples: int, seed: int) -> np.ndarray:
     """(draws × rows): how often each row is drawn, i.e. its block's count."""
     return block_counts(blocks, resamples, seed)[:, blocks.index]

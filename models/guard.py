@@ -42,7 +42,7 @@ import polars as pl
 
 from features.spec import ModelSpec
 from models.exploration import positive_probability
-from models.gates import coverage_problems, weekly_alpha
+from models.gates import coverage_problems, estimate_settings, weekly_alpha
 from models.ope import Difference, OPEResult, estimate, logged_rows, value_difference
 from models.safe_decisions import SafeMode
 
@@ -113,7 +113,7 @@ def guard_verdict(spec: ModelSpec, logs: pl.DataFrame, new_scores: np.ndarray, n
         return GuardVerdict("wait", f"{known} labelled decisions with a known propensity since the promotion; the guard "
                                     f"needs {gates.min_labelled_rows}", known)
     alpha = weekly_alpha(gates)
-    settings = {"one_sided_alpha": alpha, "resamples": gates.bootstrap_resamples, "seed": spec.training.seed}
+    settings = estimate_settings(gates, spec.training.seed)
     logged = logged_rows(logs, spec, outcome_rows=outcome_rows)
     p_new = positive_probability(new_scores, new_threshold, spec)
     p_previous = positive_probability(previous_scores, previous_threshold, spec)

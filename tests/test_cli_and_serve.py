@@ -107,3 +107,11 @@ def test_an_exploration_share_for_the_rule_outside_its_range_is_refused(tmp_path
     with pytest.raises(SpecError, match=r"\[exploration\] needs 0 <= rule_share < 0.5, got 0.7"):
         parse_spec(text, tmp_path / "broken.toml")
     assert parse_spec(specs["lead_scoring"].source_text, tmp_path / "ok.toml").exploration.rule_share == 0.02
+
+
+def test_an_unknown_value_interval_is_refused(tmp_path, specs):
+    text = specs["lead_scoring"].source_text.replace('value_interval = "bootstrap"', 'value_interval = "wide"', 1)
+    with pytest.raises(SpecError, match=r"\[gates\] value_interval must be 'widened' or 'bootstrap', not 'wide'"):
+        parse_spec(text, tmp_path / "broken.toml")
+    assert parse_spec(specs["lead_scoring"].source_text, tmp_path / "ok.toml").gates.value_interval == "bootstrap"
+    assert specs["reply_acceptance"].gates.value_interval == "widened"
