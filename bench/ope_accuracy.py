@@ -7,12 +7,14 @@ next to the doubly robust estimate as the gate makes it (its outcome model also 
 OUTCOME_MODEL_ROWS older labelled rows) and as it was made on the test slice alone.
 
     .venv/bin/python bench/ope_accuracy.py                 # leads, seeds 1-5, 20 weeks (about 2 min)
+    .venv/bin/python bench/ope_accuracy.py --quiet --value-interval widened
     .venv/bin/python bench/ope_accuracy.py --seeds 2 --model reply_acceptance --quiet
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from datetime import timedelta
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="only the summary, not every comparison")
     parser.add_argument("--weeks", type=int, default=20)
     parser.add_argument("--model", default="lead_scoring", choices=["lead_scoring", "reply_acceptance"])
+    parser.add_argument("--value-interval", choices=["widened", "bootstrap"],
+                        help="the gates' [gates] value_interval (default: the spec's)")
     args = parser.parse_args(argv)
 
     import polars as pl
@@ -46,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
     specs = load_specs(ROOT / "data" / "specs")
     spec = specs[args.model]
+    if args.value_interval:
+        spec = dataclasses.replace(spec, gates=dataclasses.replace(spec.gates, value_interval=args.value_interval))
     objective = spec.objective
     gate = evaluation.compare_with_champion
     comparisons: list[dict] = []
@@ -117,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
             figures.append(f"{np.mean(np.abs(estimate - truth)):6.2f} {correlation:+.2f} {held:4.0%}")
         print(f"  {label:8s} truth > 0 in {int((truth > 0).sum()):2d}/{len(group):2d}   "
               f"gate: {figures[0]}   test slice alone: {figures[1]}")
+    truth = np.array([c["truth"] for c in comparisons])
+    low, high = (np.array([getattr(c["gate"], side) for c in comparisons]) for side in ("low", "high"))
+    promoted, worse = np.array([c["action"] == "promote" for c in comparisons]), high < 0
+    print(f"\ngate intervals: truth below the lower bound (the side a promotion relies on) in {int((truth < low).sum())}, "
+          f"above the upper bound (the side a 'worse' verdict and the guard's rollback rely on) in "
+          f"{int((truth > high).sum())} of {len(comparisons)} (nominal: {len(comparisons) * 0.025:.0f} each)")
+    print(f"promoted {int(promoted.sum())} challengers, {int((promoted & (truth <= 0)).sum())} of them no better "
+          f"(of {int((truth <= 0).sum())} no better); judged worse {int(worse.sum())}, "
+          f"{int((worse & (truth >= 0)).sum())} of them not worse")
     return 0
 
 
