@@ -24,7 +24,10 @@ they are excluded and counted. **Coverage** is the share of the candidate's prob
 decisions the logging policy could have taken (μ > 0); mass outside it gets weight 0 in SNIPS and
 only q̂'s extrapolation in DR. **ESS** = (Σw)² / Σw², the number of equally weighted rows the
 estimate is worth. Intervals: percentile block bootstrap (models/bootstrap.py) of whole weeks, or
-whole entities when the rows span fewer than 4 weeks; q̂ is held fixed across draws.
+whole entities when the rows span fewer than 4 weeks; q̂ is held fixed across draws. For DR, with
+``widen`` (the spec's ``[gates] value_interval = "widened"``), the interval is widened to the normal
+interval of a model-based standard error where that is wider (``model_based_se``): with rare rewards
+and few, heavily weighted explored rows the percentile interval alone is too narrow.
 """
 
 from __future__ import annotations
@@ -227,10 +230,10 @@ class _Sums:
 
 def _sums(logged: Logged, p_candidate: np.ndarray, method: str) -> _Sums:
     p = _candidate(logged, p_candidate)
-    w = _weights(logged, p)
     if method == "snips":
+        w = _weights(logged, p)
         return _Sums(block_sums(w * logged.reward, logged.blocks), block_sums(w, logged.blocks))
-    direct, _ = _dr_parts(logged, p)
+    direct, w = _dr_parts(logged, p)
     row = direct + w * (logged.reward - np.where(logged.positive, logged.q_positive, logged.q_negative))
     return _Sums(block_sums(row, logged.blocks), block_sums(np.ones_like(row), logged.blocks))
 
