@@ -4,8 +4,8 @@ For each seed and model the simulator's company runs for ``--weeks`` weeks under
 face the same entities with the same random draws (so differences are the policies'):
 
   (a) loop        the full loop: exploration, decision-aware models (where the spec says so),
-                  the pattern report with safe mode, weekly retraining on mature outcomes, the
-                  spec's statistical gates;
+                  the pattern report with safe mode, the guard after each promotion (models/guard.py,
+                  which may roll back), weekly retraining on mature outcomes, the spec's statistical gates;
   (b) naive       the same loop without exploration and with pooled models;
   (c) frozen      the loop's week-4 champion, frozen with its threshold, deciding every row itself (no
                   safe mode, no cold-start rule for categories it never saw: Policy.frozen);
@@ -64,6 +64,9 @@ class LoopState:
     champion_as_of: object = None
     safe: object = None                  # models.safe_decisions.SafeMode: segments held at the safe decision
     held: list = dataclasses.field(default_factory=list)
+    guarded: object = None               # (previous champion, its as-of, models.guard.Claim) while the guard watches
+    rollbacks: list = dataclasses.field(default_factory=list)
+    guard_verdicts: list = dataclasses.field(default_factory=list)
 
 
 def _entities(population: pl.DataFrame, spec) -> pl.DataFrame:
@@ -94,11 +97,43 @@ def _hold_weak_segments(state: LoopState, actions: pl.DataFrame, events: pl.Data
         state.held.append({"week": week, "segments": sorted(f"{c}={v}" for c, v in new)})
 
 
+def _guard(state: LoopState, labelled: pl.DataFrame, as_of, week: int) -> None:
+    """The monitor's guard after promotion (models/guard.py, as run_guard applies it) on the in-memory logs."""
+    from models.guard import OUTCOME_MODEL_LOOKBACK, guard_verdict
+    from models.policy import Policy
+
+    if state.guarded is None:
+        return
+    spec, (previous, previous_as_of, claim) = state.spec, state.guarded
+    promoted_at = state.champion_as_of
+    if as_of >= promoted_at + timedelta(weeks=spec.gates.guard_weeks, days=spec.outcomes.maturity_days):
+        state.guarded = None
+        return
+    decided = pl.col("decided_at")
+    logs = labelled.filter((decided >= promoted_at) & (decided < min(promoted_at + timedelta(weeks=spec.gates.guard_weeks), as_of))
+                           & (pl.col("model_version") == state.champion.version))
+    before = logs.height
+    logs = logs.filter(~state.safe.matches(logs)) if state.safe.segments else logs
+    if logs.height < spec.gates.min_labelled_rows:
+        return
+    new, old = Policy(spec, state.champion), Policy(spec, previous)
+    older = labelled.filter((decided >= promoted_at - OUTCOME_MODEL_LOOKBACK) & (decided < promoted_at))
+    verdict = guard_verdict(spec, logs, new.scores(logs), new.thresholds(logs), old.scores(logs), old.thresholds(logs),
+                            claim, claim_comparable=logs.height == before, outcome_rows=older)
+    gain = verdict.gain
+    state.guard_verdicts.append({"week": week, "action": verdict.action, "claim": round(claim.gain, 2),
+                                 "gain": gain and [round(gain.difference, 2), round(gain.low, 2), round(gain.high, 2)]})
+    if verdict.action == "rollback":
+        state.champion, state.champion_as_of, state.guarded = previous, previous_as_of, None
+        state.rollbacks.append(week)
+
+
 def _cycle(state: LoopState, as_of, week: int) -> None:
-    """The weekly cycle of flows/cycle.py without Prefect and MLflow: pattern report and safe mode, then
-    train, compare, gate, promote."""
+    """The weekly cycle of flows/cycle.py without Prefect and MLflow: pattern report and safe mode, the guard
+    after a promotion, then train, compare, gate, promote."""
     from features.training_set import NotEnoughData, mature, time_split, with_labels
     from models.evaluation import compare_with_champion
+    from models.guard import Claim
     from models.registry import LoadedModel
     from models.train import fit_model
 
@@ -107,6 +142,7 @@ def _cycle(state: LoopState, as_of, week: int) -> None:
     events = pl.concat(state.events).filter(pl.col("observed_at") <= as_of)
     _hold_weak_segments(state, actions, events, as_of, week)
     labelled = mature(with_labels(actions.lazy(), events.lazy(), spec, as_of)).sort("decided_at", "action_id").collect()
+    _guard(state, labelled, as_of, week)
     try:
         split = time_split(labelled, spec)
         trained = fit_model(split, spec)
@@ -124,6 +160,11 @@ def _cycle(state: LoopState, as_of, week: int) -> None:
                             "coverage": value and round(value.coverage, 3),
                             "value_diff": diff and [round(diff.difference, 2), round(diff.low, 2), round(diff.high, 2)]})
     if comparison.decision.action == "promote" or (comparison.decision.action == "await_approval" and approves(diff)):
+        # As the registry does: a promotion over a champion is guarded against the gain it claimed.
+        if state.champion is not None and diff is not None:
+            state.guarded = (state.champion, state.champion_as_of, Claim(diff.difference, diff.low, diff.high))
+        else:
+            state.guarded = None
         state.champion = challenger
         state.champion_as_of = as_of
         state.promotions.append(week)
@@ -194,6 +235,8 @@ def run_seed(seed: int, model: str, weeks: int) -> dict:
         for state in loops.values():
             _cycle(state, as_of, week)
     return {"rows": rows, "promotions": {k: s.promotions for k, s in loops.items()},
+            "rollbacks": {k: s.rollbacks for k, s in loops.items()},
+            "guard_verdicts": {k: s.guard_verdicts for k, s in loops.items()},
             "decisions": {k: s.decisions for k, s in loops.items()},
             "held": {k: s.held for k, s in loops.items()},
             "seconds": time.perf_counter() - started}
@@ -251,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         entry["calibration_error_by_week"] = {str(w): (round(e, 4) if e is not None else None)
                                               for w, e in zip(ece["week"], ece["calibration_error"], strict=True)}
         entry["promotion_weeks"] = {str(s): results[(s, model)]["promotions"] for s in seeds}
+        entry["rollback_weeks"] = {str(s): results[(s, model)]["rollbacks"] for s in seeds}
+        entry["guard_verdicts"] = {str(s): results[(s, model)]["guard_verdicts"] for s in seeds}
         entry["gate_decisions"] = {str(s): results[(s, model)]["decisions"] for s in seeds}
         entry["safe_mode_entered"] = {str(s): results[(s, model)]["held"] for s in seeds}
         loop_by_seed = entry["gain_share_by_seed"]["loop"]
@@ -271,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{('not within ' + str(args.weeks - entry['drift_week'])) if recover is None else recover:>30}")
         ece = [v for v in entry["calibration_error_by_week"].values() if v is not None]
         print(f"{model:<18}loop calibration error by week: " + " ".join(f"{v:.3f}" for v in ece))
+        for policy in ("loop", "naive"):
+            promoted = sum(len(weeks[policy]) for weeks in entry["promotion_weeks"].values())
+            rolled = sum(len(weeks[policy]) for weeks in entry["rollback_weeks"].values())
+            print(f"{model:<18}{policy} promotions {promoted}, rolled back by the guard {rolled}")
         print(f"{model:<18}loop above naive and frozen on every seed: {entry['loop_above_naive_and_frozen_on_every_seed']}\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
