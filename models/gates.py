@@ -38,6 +38,11 @@ def estimate_settings(gates: Gates, seed: int) -> dict[str, object]:
             "widen": gates.value_interval == "widened"}
 
 
+def interval_note(gates: Gates) -> str:
+    """How a value interval was made, for the texts that quote one."""
+    return ", widened to the model-based interval where wider" if gates.value_interval == "widened" else ""
+
+
 def _row_weights(blocks: Blocks, resamples: int, seed: int) -> np.ndarray:
     """(draws × rows): how often each row is drawn, i.e. its block's count."""
     return block_counts(blocks, resamples, seed)[:, blocks.index]
@@ -136,7 +141,7 @@ def value_verdict(gates: Gates, difference: Difference, one_sided_alpha: float,
     level = 1 - 2 * one_sided_alpha
     text = (f"value per decision {difference.challenger:.2f} vs {incumbent} {difference.champion:.2f}: difference "
             f"{difference.difference:+.2f}, {level:.0%} interval [{difference.low:+.2f}, {difference.high:+.2f}] "
-            f"(paired, resampling {difference.blocks}s; one-sided {one_sided_alpha:.3g} = alpha {gates.alpha:g} "
+            f"(paired, resampling {difference.blocks}s{interval_note(gates)}; one-sided {one_sided_alpha:.3g} = alpha {gates.alpha:g} "
             f"over {gates.testing_horizon_weeks} weekly tests)")
     if difference.low > gates.min_value_improvement:
         return "better", text

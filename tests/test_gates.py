@@ -149,3 +149,13 @@ def test_a_first_model_worse_than_the_cold_start_rule_is_kept_when_the_spec_asks
     better = _evidence(spec, frame, challenger_threshold=0.4)
     assert true_value(spec, x, 0.4) > true_value(spec, x, LOG_THRESHOLD)
     assert decide_promotion(strict, GOOD, None, frame.height, None, better).action == "promote"
+
+
+def test_the_verdict_says_how_its_value_interval_was_made(spec):
+    frame, _ = world(spec, seed=4)
+    frame = frame.gather_every(10)
+    evidence = _evidence(spec, frame, challenger_threshold=0.49)
+    reasons = {kind: decide_promotion(dataclasses.replace(spec.gates, value_interval=kind), GOOD, CHAMPION,
+                                      frame.height, 0.01, evidence).reasons[0] for kind in ("widened", "bootstrap")}
+    assert reasons["widened"].startswith("not enough evidence") and "widened to the model-based interval" in reasons["widened"]
+    assert "widened" not in reasons["bootstrap"]
