@@ -9,12 +9,15 @@ OUTCOME_MODEL_ROWS older labelled rows) and as it was made on the test slice alo
     .venv/bin/python bench/ope_accuracy.py                 # leads, seeds 1-5, 20 weeks (about 2 min)
     .venv/bin/python bench/ope_accuracy.py --quiet --value-interval widened
     .venv/bin/python bench/ope_accuracy.py --seeds 2 --model reply_acceptance --quiet
+
+Figures go to stdout and to bench/results/ope_accuracy_<model>_<value interval>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from datetime import timedelta
@@ -35,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="lead_scoring", choices=["lead_scoring", "reply_acceptance"])
     parser.add_argument("--value-interval", choices=["widened", "bootstrap"],
                         help="the gates' [gates] value_interval (default: the spec's)")
+    parser.add_argument("--out", type=Path,
+                        help="JSON figures (default bench/results/ope_accuracy_<model>_<value interval>.json)")
     args = parser.parse_args(argv)
 
     import polars as pl
@@ -111,27 +116,42 @@ def main(argv: list[str] | None = None) -> int:
           f"(mean absolute error against the truth, correlation with it, share of intervals holding it); gate: the "
           f"outcome model also fit on up to {OUTCOME_MODEL_ROWS:,} older rows")
     groups = [(f"seed {seed}", [c for c in comparisons if c["seed"] == seed]) for seed in args.seeds]
+    figures: dict = {"model": args.model, "seeds": args.seeds, "weeks": args.weeks,
+                     "value_interval": spec.gates.value_interval, "comparisons": len(comparisons)}
     for label, group in [*groups, ("all", comparisons)]:
         if not group:
             continue
         truth = np.array([c["truth"] for c in group])
-        figures = []
+        text = []
         for key in ("gate", "alone"):
             estimate = np.array([c[key].difference for c in group])
-            held = np.mean([c[key].low <= t <= c[key].high for c, t in zip(group, truth, strict=True)])
-            correlation = np.corrcoef(truth, estimate)[0, 1] if len(group) > 1 else float("nan")
-            figures.append(f"{np.mean(np.abs(estimate - truth)):6.2f} {correlation:+.2f} {held:4.0%}")
+            held = float(np.mean([c[key].low <= t <= c[key].high for c, t in zip(group, truth, strict=True)]))
+            correlation = float(np.corrcoef(truth, estimate)[0, 1]) if len(group) > 1 else float("nan")
+            error = float(np.mean(np.abs(estimate - truth)))
+            text.append(f"{error:6.2f} {correlation:+.2f} {held:4.0%}")
+            if label == "all":
+                figures |= {f"{key}_mean_abs_error": round(error, 3), f"{key}_correlation": round(correlation, 3),
+                            f"{key}_intervals_holding_truth": round(held, 3)}
         print(f"  {label:8s} truth > 0 in {int((truth > 0).sum()):2d}/{len(group):2d}   "
-              f"gate: {figures[0]}   test slice alone: {figures[1]}")
+              f"gate: {text[0]}   test slice alone: {text[1]}")
     truth = np.array([c["truth"] for c in comparisons])
     low, high = (np.array([getattr(c["gate"], side) for c in comparisons]) for side in ("low", "high"))
     promoted, worse = np.array([c["action"] == "promote" for c in comparisons]), high < 0
-    print(f"\ngate intervals: truth below the lower bound (the side a promotion relies on) in {int((truth < low).sum())}, "
-          f"above the upper bound (the side a 'worse' verdict and the guard's rollback rely on) in "
-          f"{int((truth > high).sum())} of {len(comparisons)} (nominal: {len(comparisons) * 0.025:.0f} each)")
-    print(f"promoted {int(promoted.sum())} challengers, {int((promoted & (truth <= 0)).sum())} of them no better "
-          f"(of {int((truth <= 0).sum())} no better); judged worse {int(worse.sum())}, "
-          f"{int((worse & (truth >= 0)).sum())} of them not worse")
+    figures |= {"truth_below_lower_bound": int((truth < low).sum()), "truth_above_upper_bound": int((truth > high).sum()),
+                "promoted": int(promoted.sum()), "promoted_no_better": int((promoted & (truth <= 0)).sum()),
+                "no_better": int((truth <= 0).sum()), "judged_worse": int(worse.sum()),
+                "judged_worse_not_worse": int((worse & (truth >= 0)).sum())}
+    print(f"\ngate intervals: truth below the lower bound (the side a promotion relies on) in "
+          f"{figures['truth_below_lower_bound']}, above the upper bound (the side a 'worse' verdict and the guard's "
+          f"rollback rely on) in {figures['truth_above_upper_bound']} of {len(comparisons)} "
+          f"(nominal: {len(comparisons) * 0.025:.0f} each)")
+    print(f"promoted {figures['promoted']} challengers, {figures['promoted_no_better']} of them no better "
+          f"(of {figures['no_better']} no better); judged worse {figures['judged_worse']}, "
+          f"{figures['judged_worse_not_worse']} of them not worse")
+    out = args.out or ROOT / "bench" / "results" / f"ope_accuracy_{args.model}_{spec.gates.value_interval}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"figures: {out}")
     return 0
 
 
