@@ -16,7 +16,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from models import ope
 from models.exploration import explore, positive_probability
+from models.gates import estimate_settings
 from models.guard import Claim, guard_period, guard_verdict, run_guard
 from tests.test_ope import spec  # noqa: F401 - the one-feature lead spec of the OPE tests is a fixture
 
@@ -327,3 +329,20 @@ def test_with_held_rows_left_out_the_bar_is_the_previous_champion_not_the_claim(
     worse = logs(spec, "useless")
     wx = worse["x"].to_numpy()
     assert guard_verdict(spec, worse, wx, NEW, wx, PREVIOUS, optimistic, claim_comparable=False).action == "rollback"
+
+
+def test_the_guard_judges_with_the_widened_interval_even_where_promotions_use_the_percentile_one(spec):
+    # A rollback rests on the upper bound, which the percentile interval alone puts too low when conversions are
+    # rare (tests/test_ope.py::test_doubly_robust_intervals_hold_the_truth_when_conversions_are_rare_and_few_rows_explored).
+    percentile = dataclasses.replace(spec, gates=dataclasses.replace(spec.gates, value_interval="bootstrap"))
+    frame = logs(percentile, "helpful", n=1200, seed=3)
+    x = frame["x"].to_numpy()
+    verdict = guard_verdict(percentile, frame, x, NEW, x, PREVIOUS, CLAIM)
+    logged = ope.logged_rows(frame, percentile)
+    p_new, p_previous = positive_probability(x, NEW, percentile), positive_probability(x, PREVIOUS, percentile)
+    settings = estimate_settings(percentile.gates, percentile.training.seed)
+    widened = ope.value_difference(logged, p_new, p_previous, "dr", **(settings | {"widen": True}))
+    narrow = ope.value_difference(logged, p_new, p_previous, "dr", **(settings | {"widen": False}))
+    assert (verdict.gain.low, verdict.gain.high) == (widened.low, widened.high)
+    assert widened.high - widened.low > narrow.high - narrow.low    # the widening matters on these logs
+    assert "widened to the model-based interval" in verdict.reason
