@@ -156,8 +156,9 @@ class Gates:
     min_coverage: float = 0.90          # share of the challenger's decision mass the logging policy could take
     min_ess: float = 100.0              # effective sample size of the importance weights
     bootstrap_resamples: int = 1000
-    # The doubly robust value intervals of the promotion gates (the guard always widens): "widened" takes the block bootstrap's percentile interval
-    # and widens it to the normal interval of the model-based standard error where that is wider (models/ope.py);
+    # The doubly robust value intervals of the promotion gates (the guard always widens): "widened" takes the block
+    # bootstrap's percentile interval and widens it to the normal interval of the model-based standard error where
+    # that is wider (models/ope.py);
     # "bootstrap" keeps the percentile interval alone, which is too narrow when rewards are rare and few rows are
     # explored (on the lead simulator it held the truth in 80 % of comparisons for a nominal 95 %).
     value_interval: str = "widened"

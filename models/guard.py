@@ -33,7 +33,7 @@ after a promotion that are already labelled are the ones that closed early.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -42,7 +42,12 @@ import polars as pl
 
 from features.spec import ModelSpec
 from models.exploration import positive_probability
-from models.gates import coverage_problems, estimate_settings, weekly_alpha
+from models.gates import (
+    coverage_problems,
+    estimate_settings,
+    interval_note,
+    weekly_alpha,
+)
 from models.ope import Difference, OPEResult, estimate, logged_rows, value_difference
 from models.safe_decisions import SafeMode
 
@@ -116,7 +121,8 @@ def guard_verdict(spec: ModelSpec, logs: pl.DataFrame, new_scores: np.ndarray, n
     # Always the widened interval, whatever value_interval says for promotions: a rollback rests on the upper bound,
     # the side the percentile interval misses most when conversions are rare (bench/ope_accuracy.py: 11 of 80 lead
     # comparisons). On the benchmark it removed two lead champions that were in truth a little better.
-    settings = estimate_settings(gates, spec.training.seed) | {"widen": True}
+    widened = replace(gates, value_interval="widened")
+    settings = estimate_settings(widened, spec.training.seed)
     logged = logged_rows(logs, spec, outcome_rows=outcome_rows)
     p_new = positive_probability(new_scores, new_threshold, spec)
     p_previous = positive_probability(previous_scores, previous_threshold, spec)
@@ -125,7 +131,7 @@ def guard_verdict(spec: ModelSpec, logs: pl.DataFrame, new_scores: np.ndarray, n
     level = 1 - 2 * alpha
     text = (f"on {len(logged.positive)} labelled decisions since the promotion the gain over the previous champion is "
             f"{gain.difference:+.2f} EUR per decision, {level:.0%} interval [{gain.low:+.2f}, {gain.high:+.2f}] (paired, "
-            f"resampling whole {PLURAL.get(gain.blocks, gain.blocks)}, widened to the model-based interval where wider); claimed at promotion {claim.gain:+.2f} [{claim.low:+.2f}, {claim.high:+.2f}]")
+            f"resampling whole {PLURAL.get(gain.blocks, gain.blocks)}{interval_note(widened)}); claimed at promotion {claim.gain:+.2f} [{claim.low:+.2f}, {claim.high:+.2f}]")
     bar = claim.gain - gates.guard_margin if claim_comparable else -gates.guard_margin
     against = "the claim minus the margin" if claim_comparable else (
         "minus the margin: rows of segments held in safe mode were left out, so the claim, measured with them, is "
