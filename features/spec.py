@@ -6,6 +6,7 @@ is logged with every run so a model can be traced to the exact spec it was train
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import tomllib
 from dataclasses import dataclass
@@ -111,6 +112,10 @@ class TrainingConfig:
     estimator: Literal["gradient_boosting", "logistic"] = "gradient_boosting"
     # Isotonic calibration needs plenty of positives; below this many in the calibration slice a sigmoid is fitted.
     isotonic_min_positives: int = 1000
+    # A decision-aware logistic model's decision effect (a log-odds shift) gets a normal prior centred on what the
+    # objective's action_effect says, with this standard deviation, instead of a penalty towards no effect: it
+    # starts from the business's assumption and explored rows move it (models/logistic_prior.py). None: no prior.
+    decision_effect_prior_sd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -358,7 +363,7 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
         objective=objective,
         drift=drift,
         cold_start=conditions,
-        training=_training(raw, path),
+        training=_training(raw, objective, path),
         gates=gates,
         content_hash=hashlib.sha256(text.encode()).hexdigest()[:16],
         source_text=text,
@@ -386,10 +391,22 @@ _TRAINING_CHOICES: Final = {"calibration": ("isotonic", "sigmoid"), "estimator":
                              "decision_effect": ("shared", "free")}
 
 
-def _training(raw: dict, path: Path) -> TrainingConfig:
+def _training(raw: dict, objective: Objective, path: Path) -> TrainingConfig:
     training = _build(TrainingConfig, _section(raw, "training", path), path, "training")
     for key, allowed in _TRAINING_CHOICES.items():
         _one_of(getattr(training, key), allowed, f"[training] {key}", path)
+    prior_sd = training.decision_effect_prior_sd
+    if prior_sd is not None:
+        if isinstance(prior_sd, bool) or not isinstance(prior_sd, (int, float)) or not prior_sd > 0:
+            raise SpecError(f"{path}: [training] decision_effect_prior_sd must be a positive number, not {prior_sd!r}")
+        if not (training.decision_aware and training.estimator == "logistic"):
+            raise SpecError(f"{path}: [training] decision_effect_prior_sd needs decision_aware = true and "
+                            f"estimator = \"logistic\" (the prior is on the logistic model's decision coefficient)")
+        if objective.kind != "expected_value" or not 0 <= objective.action_effect < 1:
+            raise SpecError(f"{path}: [training] decision_effect_prior_sd centres the prior on [objective] action_effect, "
+                            f"which needs kind = \"expected_value\" and 0 <= action_effect < 1 "
+                            f"(got {objective.kind!r}, {objective.action_effect})")
+        training = dataclasses.replace(training, decision_effect_prior_sd=float(prior_sd))
     return training
 
 

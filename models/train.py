@@ -27,6 +27,7 @@ from models.decision_aware import (
     with_decision,
 )
 from models.evaluate import classification_metrics
+from models.logistic_prior import PriorLogisticRegression, log_odds_shift
 from models.segments import SegmentCalibrated, SegmentedChoice, segmented_thresholds
 from models.thresholds import (
     SegmentThresholds,
@@ -76,7 +77,11 @@ def build_pipeline(spec: ModelSpec, decision_aware: bool = False) -> Pipeline:
                                  sparse_output=False)
         transformers.insert(0, ("decision", decision, [DECISION_INPUT]))
     encode = ColumnTransformer(transformers, verbose_feature_names_out=False)
-    if logistic:
+    prior_sd = spec.training.decision_effect_prior_sd if decision_aware and logistic else None
+    if prior_sd is not None:
+        # The decision is column 0 (the shared encoding above): its coefficient starts from the spec's belief.
+        model = PriorLogisticRegression(C=1.0, prior_mean=log_odds_shift(spec.objective.action_effect), prior_sd=prior_sd)
+    elif logistic:
         model = LogisticRegression(C=1.0, max_iter=1000)
     else:
         model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.08, max_leaf_nodes=15, l2_regularization=1.0,

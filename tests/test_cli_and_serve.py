@@ -103,10 +103,10 @@ def test_commands_that_store_ids_refuse_to_run_without_a_pseudonym_key(loop_home
 
 
 def test_an_exploration_share_for_the_rule_outside_its_range_is_refused(tmp_path, specs):
-    text = specs["lead_scoring"].source_text.replace("rule_share = 0.02", "rule_share = 0.7", 1)
+    text = specs["lead_scoring"].source_text.replace("rule_share = 0.0", "rule_share = 0.7", 1)
     with pytest.raises(SpecError, match=r"\[exploration\] needs 0 <= rule_share < 0.5, got 0.7"):
         parse_spec(text, tmp_path / "broken.toml")
-    assert parse_spec(specs["lead_scoring"].source_text, tmp_path / "ok.toml").exploration.rule_share == 0.02
+    assert parse_spec(specs["lead_scoring"].source_text, tmp_path / "ok.toml").exploration.rule_share == 0.0
 
 
 def test_an_unknown_value_interval_is_refused(tmp_path, specs):

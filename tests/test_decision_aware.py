@@ -44,9 +44,15 @@ def _with_training(spec, **changes):
     return dataclasses.replace(spec, training=dataclasses.replace(spec.training, **changes))
 
 
+def _with_rule_share(spec, share: float):
+    return dataclasses.replace(spec, exploration=dataclasses.replace(spec.exploration, rule_share=share))
+
+
 @pytest.fixture(scope="module")
 def constructed(specs):
-    spec = specs["lead_scoring"]   # decision-aware, exploring 5 % of the cold-start rule's decisions
+    # Decision-aware, exploring 5 % of the cold-start rule's decisions, without a prior on the meeting's effect:
+    # what the explored rows alone teach.
+    spec = _with_training(_with_rule_share(specs["lead_scoring"], 0.05), decision_effect_prior_sd=None)
     assert spec.training.decision_aware
     world = World(WorldConfig(seed=3, leads_per_week=5000, lead_source_drift_week=99), {**specs, "lead_scoring": spec})
     weeks = [_logged_week(world, spec, w) for w in range(4)]
@@ -133,6 +139,51 @@ def test_the_logistic_model_learns_the_meetings_effect_from_few_explored_rows(co
     logistic, boosting = uplift_error(spec), uplift_error(_with_training(spec, estimator="gradient_boosting"))
     print(f"mean absolute error of the meeting's uplift: logistic {logistic:.4f}, gradient boosting {boosting:.4f}")
     assert logistic < 0.75 * boosting
+
+
+def test_a_prior_on_the_meetings_effect_stands_in_for_explored_rows_and_gives_way_to_them(specs):
+    """A cold-start rule that meets exactly the leads of one region, without exploration, logs the meeting's
+    effect inseparably from the region's (which is none). A prior centred on the objective's action_effect (0.65,
+    the world's truth here) recovers it; a wrong prior (0.2) gives way once half the decisions are explored."""
+    from features.spec import Condition
+
+    spec = _with_training(specs["lead_scoring"], estimator="logistic", decision_effect_prior_sd=None)
+    spec = dataclasses.replace(spec, cold_start=(Condition("region", ("nord",), None, None),))
+    world = World(WorldConfig(seed=5, leads_per_week=2000, lead_source_drift_week=99), specs)
+    population = world.population("lead_scoring", 10)
+    evaluation = population.rename({"arrived_at": "decided_at"})
+    truth = {d: world.true_probability("lead_scoring", population, pl.Series([d] * population.height)).to_numpy()
+             for d in spec.decisions}
+    true_shift = np.mean(_logit(truth[spec.positive_decision]) - _logit(truth[spec.negative_decision]))
+    true_uplift = truth[spec.positive_decision] - truth[spec.negative_decision]
+
+    def fitted(logging_spec, model_spec) -> tuple[float, float]:
+        """(the learned log-odds shift of a meeting, the mean absolute error of the uplift) on four weeks of logs."""
+        weeks = [_logged_week(world, logging_spec, w) for w in range(4)]
+        split = Split(fit=pl.concat(weeks[:2]), calibration=weeks[2], test=weeks[3])
+        model = fit_model(split, model_spec).estimator
+        shift = _log_odds_shift(model.estimator.estimator.estimator, evaluation, model_spec)[0]
+        return shift, float(np.abs(predict_scores(model, evaluation, model_spec) - true_uplift).mean())
+
+    rule_only = _with_rule_share(spec, 0.0)
+    with_prior = _with_training(rule_only, decision_effect_prior_sd=0.3)
+    shift_without, error_without = fitted(rule_only, rule_only)
+    shift_with, error_with = fitted(rule_only, with_prior)
+    print(f"true shift {true_shift:.2f}; rule-only logs: without prior {shift_without:.2f} (uplift error "
+          f"{error_without:.4f}), with prior {shift_with:.2f} ({error_with:.4f})")
+    assert abs(shift_with - true_shift) < 0.25 < abs(shift_without - true_shift)
+    assert error_with < 0.5 * error_without
+
+    wrong = dataclasses.replace(with_prior, objective=dataclasses.replace(spec.objective, action_effect=0.2))
+    shift_wrong, error_wrong = fitted(_with_rule_share(spec, 0.45), wrong)
+    prior_shift = -np.log(1 - 0.2)
+    print(f"prior at {prior_shift:.2f}, logs with 45 % explored: learned {shift_wrong:.2f} ({error_wrong:.4f})")
+    # More than half the way from the prior to the truth on two weeks of logs; further with more.
+    assert abs(shift_wrong - true_shift) < 0.5 * abs(prior_shift - true_shift)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p / (1 - p))
 
 
 def _log_odds_shift(pipeline, evaluation: pl.DataFrame, spec) -> np.ndarray:
