@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 
@@ -12,6 +13,7 @@ from features.clock import SimulatedClock
 from features.ingest import ingest_inbox, ingest_paths
 from features.pseudonymise import PREFIX, pseudonymise
 from features.store import EventStore
+from features.validate import FileRejected
 from tests.helpers import lead_action
 
 NOW = datetime(2026, 2, 1, tzinfo=UTC)
@@ -157,6 +159,26 @@ def test_unreadable_files_are_reported_and_moved_to_failed_without_stopping_othe
     assert len(report.failed_files) == 1 and phrase in report.failed_files[0][1]
     assert (inbox / "failed" / name).exists() and phrase in (inbox / "failed" / f"{name}.reason.txt").read_text()
     assert (inbox / "processed" / "zz-good.csv").exists()
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (b"abcdefg\xc3" + b"\xa9hijklmn" + b"opqrstuv", None),              # a character split between chunks
+    (b"abcdefgh" + b"ijkl\xa9mno" + b"pqrstuvw", "invalid byte at offset 12"),  # a stray byte after an ASCII chunk
+    (b"abcdefg\xc3" + b"hijklmno" + b"pqrstuvw", "invalid byte at offset 8"),  # a character cut off by an ASCII chunk
+    (b"abcdefgh" + b"ijklmno\xc3", "truncated character at the end"),
+])
+def test_the_utf8_check_reads_chunk_by_chunk_and_skips_only_what_cannot_fail(tmp_path, monkeypatch, content, problem):
+    """ASCII chunks are not decoded, unless a character began in the chunk before."""
+    import features.ingest as ingest
+
+    monkeypatch.setattr(ingest, "_READ_CHUNK", 8)
+    path = tmp_path / "chunks.csv"
+    path.write_bytes(content)
+    if problem is None:
+        assert ingest._file_digest_and_check(path, text=True) == hashlib.sha256(content).hexdigest()[:16]
+    else:
+        with pytest.raises(FileRejected, match=problem):
+            ingest._file_digest_and_check(path, text=True)
 
 
 def test_paired_rows_store_the_action_once_and_every_outcome(tmp_path, store):
