@@ -99,18 +99,19 @@ def _hold_weak_segments(state: LoopState, actions: pl.DataFrame, events: pl.Data
 
 def _guard(state: LoopState, labelled: pl.DataFrame, as_of, week: int) -> None:
     """The monitor's guard after promotion (models/guard.py, as run_guard applies it) on the in-memory logs."""
-    from models.guard import OUTCOME_MODEL_LOOKBACK, guard_verdict
+    from models.guard import OUTCOME_MODEL_LOOKBACK, guard_verdict, guard_window
     from models.policy import Policy
 
     if state.guarded is None:
         return
     spec, (previous, previous_as_of, claim) = state.spec, state.guarded
     promoted_at = state.champion_as_of
-    if as_of >= promoted_at + timedelta(weeks=spec.gates.guard_weeks, days=spec.outcomes.maturity_days):
+    window = guard_window(spec, promoted_at, as_of)
+    if window is None:
         state.guarded = None
         return
     decided = pl.col("decided_at")
-    logs = labelled.filter((decided >= promoted_at) & (decided < min(promoted_at + timedelta(weeks=spec.gates.guard_weeks), as_of))
+    logs = labelled.filter((decided >= promoted_at) & (decided < window[0])
                            & (pl.col("model_version") == state.champion.version))
     before = logs.height
     logs = logs.filter(~state.safe.matches(logs)) if state.safe.segments else logs

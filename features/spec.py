@@ -6,10 +6,9 @@ is logged with every run so a model can be traced to the exact spec it was train
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -406,7 +405,7 @@ def _training(raw: dict, objective: Objective, path: Path) -> TrainingConfig:
             raise SpecError(f"{path}: [training] decision_effect_prior_sd centres the prior on [objective] action_effect, "
                             f"which needs kind = \"expected_value\" and 0 <= action_effect < 1 "
                             f"(got {objective.kind!r}, {objective.action_effect})")
-        training = dataclasses.replace(training, decision_effect_prior_sd=float(prior_sd))
+        training = replace(training, decision_effect_prior_sd=float(prior_sd))
     return training
 
 

@@ -183,11 +183,19 @@ def guard_period(spec: ModelSpec, audit: pl.DataFrame, champion_version: str, pr
     if not previous:
         return f"version {champion_version} replaced no earlier champion: nothing to go back to"
     promoted_at = last["at"]
-    end = promoted_at + timedelta(weeks=weeks)
-    over_at = end + timedelta(days=spec.outcomes.maturity_days)
-    if as_of >= over_at:
+    window = guard_window(spec, promoted_at, as_of)
+    if window is None:
         return f"the guard weeks after the promotion at {promoted_at.isoformat()} are over"
-    return GuardPeriod(str(champion_version), str(previous), promoted_at, promoted_at, min(end, as_of), over_at)
+    end, over_at = window
+    return GuardPeriod(str(champion_version), str(previous), promoted_at, promoted_at, end, over_at)
+
+
+def guard_window(spec: ModelSpec, promoted_at: datetime, as_of: datetime) -> tuple[datetime, datetime] | None:
+    """(end of the guard's logs as of ``as_of``, when the guard stops watching) for a promotion at ``promoted_at``;
+    None once the guard weeks' labels can be mature. The logs are the rows decided in [promoted_at, end)."""
+    end = promoted_at + timedelta(weeks=spec.gates.guard_weeks)
+    over_at = end + timedelta(days=spec.outcomes.maturity_days)
+    return None if as_of >= over_at else (min(end, as_of), over_at)
 
 
 def run_guard(store, registry, spec: ModelSpec, as_of: datetime) -> dict[str, Any]:
