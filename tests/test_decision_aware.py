@@ -232,3 +232,32 @@ def test_a_category_the_champion_never_saw_is_decided_by_the_cold_start_rule(con
     # The demo's and benchmark's frozen baseline is the champion as a plain deployment: it extrapolates too.
     frozen = Policy(spec, model, SafeMode(frozenset({("source", "referral")}))).frozen()
     assert frozen.model is model and not frozen.safe_mode.segments and not frozen.ruled_rows(entities).any()
+
+
+def test_a_category_too_rare_in_the_fit_slice_to_be_learned_counts_as_unseen(constructed):
+    from models.registry import LoadedModel
+    from models.support import RULE_THRESHOLD, seen_categories, unseen_rows
+
+    spec, split, evaluation, _ = constructed
+    entities = evaluation.drop("decision").head(400).with_columns(
+        pl.when(pl.int_range(pl.len()) % 2 == 0).then(pl.lit("lead_marketplace")).otherwise(pl.col("source")).alias("source"))
+    new = (entities["source"] == "lead_marketplace").to_numpy()
+
+    def fitted_with_marketplace_rows(count: int):
+        fit = split.fit.with_columns(pl.when(pl.int_range(pl.len()) < count).then(pl.lit("lead_marketplace"))
+                                     .otherwise(pl.col("source")).alias("source"))
+        return fit_model(dataclasses.replace(split, fit=fit), spec).estimator
+
+    # Below the encoder's min_frequency (20) the value shares the "infrequent" coefficient with other rare
+    # values: the rule decides it, as if the model had never seen it ...
+    rare = fitted_with_marketplace_rows(5)
+    assert "lead_marketplace" not in seen_categories(rare, spec)["source"]
+    np.testing.assert_array_equal(unseen_rows(rare, entities, spec), new)
+    model = LoadedModel(spec.name, "1", rare, 0.06, "")
+    decided = Policy(spec, model).decide(entities, KEY)
+    assert (decided.filter(pl.Series(new))["threshold"] == RULE_THRESHOLD).all()
+    assert (decided.filter(pl.Series(~new))["threshold"] == 0.06).all()
+    # ... with enough rows it has its own coefficient and the model decides it.
+    learned = fitted_with_marketplace_rows(200)
+    assert "lead_marketplace" in seen_categories(learned, spec)["source"]
+    assert not unseen_rows(learned, entities, spec).any()
