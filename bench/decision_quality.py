@@ -12,7 +12,9 @@ face the same entities with the same random draws (so differences are the polici
   (d) rule        the spec's cold-start rule.
 
 It reports, per model and policy, the share of the achievable gain captured over all weeks,
-``(V - V_rule) / (V_oracle - V_rule)`` (V = realised EUR summed over the weeks), the weeks needed
+``(V - V_rule) / (V_oracle - V_rule)`` (V = realised EUR summed over the weeks; "expected" next to it:
+V = expected EUR under the true probabilities, the same decisions without the luck of which entities
+happened to convert, so the oracle is the ceiling on every seed), the weeks needed
 after each scheduled drift until a week captures 80 % of that week's achievable gain, and the
 champion's calibration error week by week. It calls the library directly (Policy, fit_model,
 compare_with_champion, decide_promotion): no Prefect, no MLflow, no Delta. A promotion that the
@@ -49,6 +51,9 @@ RECOVERY_SHARE = 0.8
 FROZEN_WEEK = 4
 KEY = b"bench-decision-quality"
 TARGETS = {"gain_share": 0.8, "weeks_to_recover": {"lead_scoring": 6, "reply_acceptance": 2}}
+# Column suffix of a policy's expected EUR (the true probabilities times the objective, World.expected_value)
+# next to its realised EUR: the same decisions without the luck of which leads happened to convert.
+EXPECTED = "_expected"
 
 
 @dataclasses.dataclass
@@ -193,6 +198,12 @@ def _ece(world, model: str, spec, population: pl.DataFrame, policy, decisions: p
     return expected_calibration_error(truth, predicted)
 
 
+def _values(world, model: str, population: pl.DataFrame, policy: str, decisions: pl.Series) -> dict[str, float]:
+    """A policy's EUR in one week: realised (its outcomes as drawn) and expected (under the true probabilities)."""
+    return {policy: float(world.realise(model, population, decisions)["value"].sum()),
+            policy + EXPECTED: round(float(world.expected_value(model, population, decisions).sum()), 2)}
+
+
 def run_seed(seed: int, model: str, weeks: int) -> dict:
     """All four policies for one seed and model; returns weekly values and the loop's promotion weeks."""
     from features.spec import load_specs
@@ -212,26 +223,24 @@ def run_seed(seed: int, model: str, weeks: int) -> dict:
     for week in range(weeks):
         population = world.population(model, week)
         entities = _entities(population, spec)
-        values = {}
+        values: dict[str, float] = {}
         for name, state in loops.items():
             policy = Policy(state.spec, state.champion, state.safe)
             if name == "loop" and week == FROZEN_WEEK:
                 frozen = Policy(spec, state.champion).frozen()
             actions = policy.decide(entities, KEY)
-            values[name] = world.realise(model, population, actions["decision"])["value"].sum()
+            values |= _values(world, model, population, name, actions["decision"])
             if name == "loop":
                 ece = _ece(world, model, spec, population, policy, actions["decision"])
             state.actions.append(actions)
             state.events.append(world.outcome_events(model, population, actions["decision"], actions["action_id"],
                                                      actions["decided_at"]))
         frozen_policy = frozen or Policy(spec, loops["loop"].champion).frozen()
-        values["frozen"] = world.realise(model, population,
-                                         frozen_policy.decisions(frozen_policy.scores(entities), entities))["value"].sum()
+        values |= _values(world, model, population, "frozen", frozen_policy.decisions(frozen_policy.scores(entities), entities))
         rule = Policy(spec)
-        values["rule"] = world.realise(model, population, rule.decisions(rule.scores(entities), entities))["value"].sum()
-        values["oracle"] = world.realise(model, population, world.oracle_decisions(model, population))["value"].sum()
-        rows.append({"seed": seed, "model": model, "week": week, **{k: float(v) for k, v in values.items()},
-                     "calibration_error": ece})
+        values |= _values(world, model, population, "rule", rule.decisions(rule.scores(entities), entities))
+        values |= _values(world, model, population, "oracle", world.oracle_decisions(model, population))
+        rows.append({"seed": seed, "model": model, "week": week, **values, "calibration_error": ece})
         as_of = world.week_start(week + 1) + timedelta(hours=3)
         for state in loops.values():
             _cycle(state, as_of, week)
@@ -243,8 +252,9 @@ def run_seed(seed: int, model: str, weeks: int) -> dict:
             "seconds": time.perf_counter() - started}
 
 
-def gain_share(frame: pl.DataFrame, policy: str) -> float:
-    v, rule, oracle = frame[policy].sum(), frame["rule"].sum(), frame["oracle"].sum()
+def gain_share(frame: pl.DataFrame, policy: str, suffix: str = "") -> float:
+    """(V - V_rule) / (V_oracle - V_rule) over the frame's weeks; ``suffix=EXPECTED`` on expected values."""
+    v, rule, oracle = frame[policy + suffix].sum(), frame["rule" + suffix].sum(), frame["oracle" + suffix].sum()
     return float((v - rule) / (oracle - rule)) if oracle != rule else float("nan")
 
 
@@ -281,12 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models:
         per_model = table.filter(pl.col("model") == model)
         drift = drift_weeks[model]
-        entry: dict = {"drift_week": drift, "gain_share": {}, "gain_share_by_seed": {}, "weeks_to_recover": {},
+        entry: dict = {"drift_week": drift, "gain_share": {}, "gain_share_by_seed": {}, "expected_gain_share": {},
+                       "expected_gain_share_by_seed": {}, "weeks_to_recover": {},
                        "weeks_to_recover_by_seed": {}, "calibration_error_by_week": {}, "promotion_weeks": {}}
         for policy in policies:
-            entry["gain_share"][policy] = round(gain_share(per_model, policy), 4)
-            by_seed = {str(s): round(gain_share(per_model.filter(pl.col("seed") == s), policy), 4) for s in seeds}
-            entry["gain_share_by_seed"][policy] = by_seed
+            for key, suffix in (("gain_share", ""), ("expected_gain_share", EXPECTED)):
+                entry[key][policy] = round(gain_share(per_model, policy, suffix), 4)
+                entry[f"{key}_by_seed"][policy] = {
+                    str(s): round(gain_share(per_model.filter(pl.col("seed") == s), policy, suffix), 4) for s in seeds}
             recover = {str(s): weeks_to_recover(per_model.filter(pl.col("seed") == s), policy, drift) for s in seeds}
             entry["weeks_to_recover_by_seed"][policy] = recover
             known = [v for v in recover.values() if v is not None]
@@ -299,29 +311,34 @@ def main(argv: list[str] | None = None) -> int:
         entry["guard_verdicts"] = {str(s): results[(s, model)]["guard_verdicts"] for s in seeds}
         entry["gate_decisions"] = {str(s): results[(s, model)]["decisions"] for s in seeds}
         entry["safe_mode_entered"] = {str(s): results[(s, model)]["held"] for s in seeds}
-        loop_by_seed = entry["gain_share_by_seed"]["loop"]
-        entry["loop_above_naive_and_frozen_on_every_seed"] = all(
-            loop_by_seed[s] > entry["gain_share_by_seed"][p][s] for s in loop_by_seed for p in ("naive", "frozen"))
+        for key, flag in (("gain_share", "loop_above_naive_and_frozen_on_every_seed"),
+                          ("expected_gain_share", "loop_above_naive_and_frozen_on_every_seed_expected")):
+            by_seed = entry[f"{key}_by_seed"]
+            entry[flag] = all(by_seed["loop"][s] > by_seed[p][s] for s in by_seed["loop"] for p in ("naive", "frozen"))
         report["models"][model] = entry
-    report["weekly"] = table.to_dicts()    # realised EUR per seed, model, week and policy: the table behind every figure
+    report["weekly"] = table.to_dicts()    # realised and expected EUR per seed, model, week and policy: behind every figure
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["machine_cpus"] = os.cpu_count()
 
     print(f"decision quality over {args.weeks} weeks, seeds {seeds} ({report['seconds']} s)\n")
-    print(f"{'model':<18}{'policy':<8}{'gain share':>11}   {'by seed':<44}{'weeks to recover (worst seed)':>30}")
+    print(f"{'model':<18}{'policy':<8}{'gain share':>11}   {'by seed':<44}{'weeks to recover (worst seed)':>30}"
+          f"{'expected':>10}   by seed")
     for model, entry in report["models"].items():
         for policy in policies:
             seeds_text = " ".join(f"{v:.2f}" for v in entry["gain_share_by_seed"][policy].values())
+            expected_text = " ".join(f"{v:.2f}" for v in entry["expected_gain_share_by_seed"][policy].values())
             recover = entry["weeks_to_recover"][policy]
             print(f"{model:<18}{policy:<8}{entry['gain_share'][policy]:>11.3f}   {seeds_text:<44}"
-                  f"{('not within ' + str(args.weeks - entry['drift_week'])) if recover is None else recover:>30}")
+                  f"{('not within ' + str(args.weeks - entry['drift_week'])) if recover is None else recover:>30}"
+                  f"{entry['expected_gain_share'][policy]:>10.3f}   {expected_text}")
         ece = [v for v in entry["calibration_error_by_week"].values() if v is not None]
         print(f"{model:<18}loop calibration error by week: " + " ".join(f"{v:.3f}" for v in ece))
         for policy in ("loop", "naive"):
             promoted = sum(len(weeks[policy]) for weeks in entry["promotion_weeks"].values())
             rolled = sum(len(weeks[policy]) for weeks in entry["rollback_weeks"].values())
             print(f"{model:<18}{policy} promotions {promoted}, rolled back by the guard {rolled}")
-        print(f"{model:<18}loop above naive and frozen on every seed: {entry['loop_above_naive_and_frozen_on_every_seed']}\n")
+        print(f"{model:<18}loop above naive and frozen on every seed: {entry['loop_above_naive_and_frozen_on_every_seed']}"
+              f" (expected values: {entry['loop_above_naive_and_frozen_on_every_seed_expected']})\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"figures: {args.out}")
