@@ -10,6 +10,7 @@ Delta store, and the monitor flow on the Prefect test harness saying so in its a
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -273,9 +274,9 @@ def test_the_monitor_flow_runs_the_guard_rolls_back_and_says_so(loop_home, tmp_p
     folder = tmp_path / "specs"
     folder.mkdir()
     lead = specs[MODEL].source_text
-    old = "share = 0.05\nband = 0.03 "
-    assert lead.count(old) == 1
-    (folder / "lead_scoring.toml").write_text(lead.replace(old, "share = 0.2\nband = 0.2 "))
+    wide, count = re.subn(r"(?m)^share = .*\n((?:#.*\n)*)band = .*$", r"share = 0.2\n\1band = 0.2", lead)
+    assert count == 1
+    (folder / "lead_scoring.toml").write_text(wide)
     (folder / "reply_acceptance.toml").write_text(specs["reply_acceptance"].source_text)
     monkeypatch.setenv("LOOP_SPECS_DIR", str(folder))
     runtime = Runtime.from_env()
