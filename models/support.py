@@ -55,9 +55,9 @@ def seen_categories(estimator: Any, spec: ModelSpec) -> dict[str, list[str]]:
     if encoder is None or not hasattr(encoder, "categories_"):
         return {}
     wanted = set(spec.features_of("categorical"))
-    # None when the encoder groups nothing; else per column an array of its infrequent values, or None.
+    # Per column the values grouped as infrequent, or None; the attribute is missing without min_frequency.
     infrequent = getattr(encoder, "infrequent_categories_", None) or [None] * len(encoder.categories_)
-    return {str(column): [str(v) for v in values if rare is None or v not in set(rare)]
+    return {str(column): [str(v) for v in values if rare is None or v not in rare]
             for column, values, rare in zip(encoder.feature_names_in_, encoder.categories_, infrequent, strict=True)
             if column in wanted}
 
