@@ -22,6 +22,12 @@ gates send to a person is approved when its estimated value gain is not negative
 
     .venv/bin/python bench/decision_quality.py            # 5 seeds, both models
     .venv/bin/python bench/decision_quality.py --quick    # 1 seed
+    .venv/bin/python bench/decision_quality.py --models lead_scoring --assumed-effect 0.4 --out /tmp/dq.json
+
+``--assumed-effect`` replaces the lead spec's ``[objective] action_effect`` (the share of a conversion the
+meeting brings) for the loops, not for the simulated world (whose truth is 0.65): the pooled loop takes it
+as given, the decision-aware one only starts from it. It shows what each loop does when the spec's
+assumption is wrong.
 
 Figures go to stdout and to bench/results/decision_quality.json.
 """
@@ -204,15 +210,25 @@ def _values(world, model: str, population: pl.DataFrame, policy: str, decisions:
             policy + EXPECTED: round(float(world.expected_value(model, population, decisions).sum()), 2)}
 
 
-def run_seed(seed: int, model: str, weeks: int) -> dict:
-    """All four policies for one seed and model; returns weekly values and the loop's promotion weeks."""
+def with_assumed_effect(spec, action_effect: float | None):
+    """The spec with its objective's ``action_effect`` replaced (specs whose objective has none stay as they are)."""
+    if action_effect is None or spec.objective.kind != "expected_value":
+        return spec
+    return dataclasses.replace(spec, objective=dataclasses.replace(spec.objective, action_effect=action_effect))
+
+
+def run_seed(seed: int, model: str, weeks: int, assumed_effect: float | None = None) -> dict:
+    """All four policies for one seed and model; returns weekly values and the loop's promotion weeks.
+
+    ``assumed_effect`` changes what the loops assume (see the module's docstring), never the world.
+    """
     from features.spec import load_specs
     from models.policy import Policy
     from models.safe_decisions import SafeMode
     from simulator.world import World, WorldConfig
 
     specs = load_specs(ROOT / "data" / "specs")
-    spec = specs[model]
+    spec = with_assumed_effect(specs[model], assumed_effect)
     naive_spec = dataclasses.replace(spec, exploration=dataclasses.replace(spec.exploration, share=0.0, rule_share=None),
                                      training=dataclasses.replace(spec.training, decision_aware=False))
     world = World(WorldConfig(seed=seed), specs)
@@ -273,8 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weeks", type=int, default=26, help="simulated weeks (default 26)")
     parser.add_argument("--models", nargs="+", default=["lead_scoring", "reply_acceptance"])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    parser.add_argument("--assumed-effect", type=float, default=None, metavar="SHARE",
+                        help="the loops assume a meeting brings this share of a lead's conversion chance "
+                             "(default: the lead spec's action_effect; the simulated truth stays 0.65)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "decision_quality.json")
     args = parser.parse_args(argv)
+    if args.assumed_effect is not None and not 0.0 <= args.assumed_effect < 1.0:
+        parser.error(f"--assumed-effect must be in [0, 1), not {args.assumed_effect}")
     seeds = args.seeds[:1] if args.quick else args.seeds
     from simulator.world import WorldConfig
 
@@ -282,12 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     jobs = [(seed, model) for model in args.models for seed in seeds]
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        futures = {job: pool.submit(run_seed, *job, args.weeks) for job in jobs}
+        futures = {job: pool.submit(run_seed, *job, args.weeks, args.assumed_effect) for job in jobs}
         results = {job: future.result() for job, future in futures.items()}
     table = pl.DataFrame([row for r in results.values() for row in r["rows"]])
     policies = ("loop", "naive", "frozen", "rule")
     report: dict = {"weeks": args.weeks, "seeds": seeds, "recovery_share": RECOVERY_SHARE, "frozen_week": FROZEN_WEEK,
-                    "targets": TARGETS, "models": {}}
+                    "assumed_effect": args.assumed_effect, "targets": TARGETS, "models": {}}
     for model in args.models:
         per_model = table.filter(pl.col("model") == model)
         drift = drift_weeks[model]
@@ -320,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["machine_cpus"] = os.cpu_count()
 
-    print(f"decision quality over {args.weeks} weeks, seeds {seeds} ({report['seconds']} s)\n")
+    assumed = "" if args.assumed_effect is None else f", the loops assuming a meeting brings {args.assumed_effect} of a conversion"
+    print(f"decision quality over {args.weeks} weeks, seeds {seeds}{assumed} ({report['seconds']} s)\n")
     print(f"{'model':<18}{'policy':<8}{'gain share':>11}   {'by seed':<44}{'weeks to recover (worst seed)':>30}"
           f"{'expected':>10}   by seed")
     for model, entry in report["models"].items():
