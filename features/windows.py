@@ -36,7 +36,11 @@ def pattern_bounds(spec: ModelSpec, as_of: datetime, reference_end: datetime,
                    reference_days: int = 28) -> tuple[tuple[datetime, datetime], tuple[datetime, datetime]]:
     """(reference, current) bounds of the pattern report: see ``pattern_windows``."""
     end = as_of - timedelta(days=outcome_horizon_days(spec))
-    return (reference_end - timedelta(days=reference_days), reference_end), (end - timedelta(days=7), end)
+    current = (end - timedelta(days=7), end)
+    # A champion trained less than a label horizon and a week ago has the current window inside its training
+    # window; compared with itself, a segment never falls (and a new one counts as its own reference).
+    reference_end = min(reference_end, current[0])
+    return (reference_end - timedelta(days=reference_days), reference_end), current
 
 
 def drift_windows(store: EventStore, spec: ModelSpec, as_of: datetime, reference_end: datetime,
@@ -54,7 +58,8 @@ def pattern_windows(store: EventStore, spec: ModelSpec, as_of: datetime, referen
     """The pattern report's reference (the champion's training window) and current window, and the latter's bounds.
 
     Current = the latest 7 days whose rows all reached the label age: [as_of - horizon - 7d, as_of - horizon),
-    so every row in it is labelled at the same age as the reference's.
+    so every row in it is labelled at the same age as the reference's. The reference is the ``reference_days``
+    before the champion's as-of, or before the current window where that starts earlier: the two never overlap.
     """
     (ref_start, ref_end), (start, end) = pattern_bounds(spec, as_of, reference_end, reference_days)
     return window(store, spec, ref_start, ref_end, as_of), window(store, spec, start, end, as_of), (start, end)

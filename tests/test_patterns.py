@@ -5,7 +5,7 @@ registry): the returns template that got worse is flagged and held in safe mode,
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -135,6 +135,48 @@ def test_a_fall_the_champion_expected_from_its_own_choice_of_leads_is_not_flagge
     assert not standardised["website_form"].flagged
     assert standardised["website_form"].reference_rate == pytest.approx(0.05)   # 0.10 x (0.05 / 0.10)
     assert standardised["referral"].flagged and standardised["referral"].reference_rate == pytest.approx(0.10)
+
+
+def _logged_meetings(source: str, start, rows: int, converted: int, prefix: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``rows`` proposed meetings of one source spread over the week from ``start``; the first ``converted``
+    convert two days after their decision."""
+    decided = [start + timedelta(minutes=int(i * 7 * 24 * 60 / rows)) for i in range(rows)]
+    ids = [f"{prefix}-{i}" for i in range(rows)]
+    actions = pl.DataFrame({"action_id": ids, "decided_at": decided, "source": [source] * rows,
+                            "decision": ["propose_meeting"] * rows},
+                           schema_overrides={"decided_at": pl.Datetime("us", "UTC")})
+    outcomes = pl.DataFrame({"action_id": ids[:converted], "outcome": ["converted"] * converted,
+                             "observed_at": decided[:converted]},
+                            schema_overrides={"observed_at": pl.Datetime("us", "UTC")})
+    return actions, outcomes.with_columns(pl.col("observed_at") + timedelta(days=2))
+
+
+def test_a_new_source_is_measured_against_all_sources_even_when_the_champion_was_trained_on_its_first_week(specs):
+    """The champion was trained one week ago, just after a new source appeared. The pattern report's current
+    window (the latest week with 7-day labels) then lies inside the champion's training window: the new source
+    must still be compared with the sources the champion knew, not with its own rows."""
+    from features.windows import pattern_bounds, window_of
+
+    spec = specs["lead_scoring"]                     # max_drop 0.025, min_rows 100, rate of proposed meetings
+    champion_as_of = datetime(2026, 2, 23, 2, tzinfo=UTC)
+    as_of = champion_as_of + timedelta(days=7)
+    logs = [_logged_meetings("website_form", champion_as_of - timedelta(days=7 * week), 400, 40, f"web{week}")
+            for week in range(1, 5)]
+    logs.append(_logged_meetings("lead_marketplace", champion_as_of - timedelta(days=7), 300, 0, "market"))
+    actions = pl.concat([a for a, _ in logs])
+    outcomes = pl.concat([o for _, o in logs])
+
+    (ref_start, ref_end), (start, end) = pattern_bounds(spec, as_of, champion_as_of)
+    assert (start, end) == (champion_as_of - timedelta(days=7), champion_as_of)
+    assert ref_end <= start and ref_end - ref_start == timedelta(days=28)
+    reference = window_of(actions.lazy(), outcomes.lazy(), spec, ref_start, ref_end, as_of)
+    current = window_of(actions.lazy(), outcomes.lazy(), spec, start, end, as_of)
+    segments = {s.value: s for s in pattern_report(reference, current, spec).segments}
+
+    market = segments["lead_marketplace"]
+    assert market.reference == "all segments" and market.reference_rate == pytest.approx(0.10)
+    assert market.rate == 0.0 and market.flagged
+    assert not segments["website_form"].flagged and segments["website_form"].rate == pytest.approx(0.10)
 
 
 # ---- the weekly check on the simulator, with the real store and registry ---------------------------------
