@@ -81,3 +81,17 @@ def rows_outside(seen: dict[str, list[str]], frame: pl.DataFrame) -> np.ndarray:
     if not conditions or frame.is_empty():
         return np.zeros(frame.height, dtype=bool)
     return frame.select(pl.any_horizontal(conditions).alias("unseen")).to_series().to_numpy()
+
+
+def rows_the_model_decides(pipeline: Any, frame: pl.DataFrame, spec: ModelSpec) -> pl.DataFrame:
+    """The rows of ``frame`` a policy with this fitted pipeline hands to the model rather than to the rule.
+
+    With ``new_categories = "rule"`` that leaves out rows with a category the pipeline never learned. A
+    calibrator or threshold fitted on them would learn the pipeline's extrapolation there, which the policy
+    never uses: the benchmark's new lead source (bot-inflated engagement, almost no conversions) reached the
+    calibration slice a week before the fit slice, and the calibrator squashed every high score, so the
+    challenger proposed meetings to a third of the referrals, where the oracle proposes to four fifths.
+    """
+    if spec.new_categories != "rule" or frame.is_empty():
+        return frame
+    return frame.filter(pl.Series(~unseen_rows(pipeline, frame, spec)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from models.decision_aware import (
 from models.evaluate import classification_metrics
 from models.logistic_prior import PriorLogisticRegression, log_odds_shift
 from models.segments import SegmentCalibrated, SegmentedChoice, segmented_thresholds
+from models.support import rows_the_model_decides
 from models.thresholds import (
     SegmentThresholds,
     ThresholdChoice,
@@ -153,7 +155,9 @@ def fit_pipeline(frame: pl.DataFrame, spec: ModelSpec) -> Pipeline:
 
 def calibrate(pipeline: Pipeline, split: Split, spec: ModelSpec) -> TrainedModel:
     """Calibrate a fitted pipeline on the calibration slice, recalibrate per segment, choose the thresholds there,
-    and score the test slice. Used by a full training and by a cheap recalibration of a champion's pipeline."""
+    and score the test slice. Used by a full training and by a cheap recalibration of a champion's pipeline.
+    Calibration rows the rule decides (a category the pipeline never saw) are left out: models/support.py."""
+    split = dataclasses.replace(split, calibration=rows_the_model_decides(pipeline, split.calibration, spec))
     rows, weights = graded_rows(_with_grades(split.calibration))
     # Isotonic needs plenty of positives; with few of them a sigmoid is the safer fit.
     positives = float(rows.get_column("label").sum()) if weights is None else float((weights * rows.get_column("label")).sum())
@@ -196,8 +200,10 @@ def calibrate_decision_aware(pipeline: Pipeline, split: Split, spec: ModelSpec) 
     """Calibrate a decision-aware pipeline (models/decision_aware.py) on rows with their own decisions.
 
     Metrics compare each labelled row with the probability of the decision it actually got; the
-    threshold applies to the decision score. Used by a training and by a cheap recalibration.
+    threshold applies to the decision score. Used by a training and by a cheap recalibration. Calibration
+    rows the rule decides (a category the pipeline never saw) are left out: models/support.py.
     """
+    split = dataclasses.replace(split, calibration=rows_the_model_decides(pipeline, split.calibration, spec))
     labels = split.calibration.get_column("label")
     method = spec.training.calibration
     if method != "sigmoid" and float(labels.sum()) < spec.training.isotonic_min_positives:

@@ -261,3 +261,34 @@ def test_a_category_too_rare_in_the_fit_slice_to_be_learned_counts_as_unseen(con
     learned = fitted_with_marketplace_rows(200)
     assert "lead_marketplace" in seen_categories(learned, spec)["source"]
     assert not unseen_rows(learned, entities, spec).any()
+
+
+def test_calibration_leaves_out_rows_of_a_category_the_fit_slice_never_saw(specs):
+    """A new lead source reaches the calibration slice before the fit slice. Its leads look hotter than any
+    (bot-driven engagement) and almost never convert; the rule decides them, not the model. Calibrated on
+    them, the calibrator learns to squash every high score; left out, the model stays calibrated where it decides."""
+    from models.support import rows_the_model_decides
+
+    spec = _with_rule_share(specs["lead_scoring"], 0.05)
+    world = World(WorldConfig(seed=5, leads_per_week=5000, lead_source_drift_week=2), {**specs, "lead_scoring": spec})
+    weeks = [_logged_week(world, spec, w) for w in range(4)]
+    split = Split(fit=pl.concat(weeks[:2]), calibration=weeks[2], test=weeks[3])
+    assert (split.calibration["source"] == "lead_marketplace").mean() > 0.2
+    population = world.population("lead_scoring", 10).filter(pl.col("source") != "lead_marketplace")
+    meeting = pl.Series("decision", ["propose_meeting"] * population.height)
+    truth = world.true_probability("lead_scoring", population, meeting).to_numpy()
+    rows = population.rename({"arrived_at": "decided_at"}).with_columns(meeting)
+
+    def error(model_spec) -> float:
+        estimator = fit_model(split, model_spec).estimator
+        return float(np.abs(outcome_probability(estimator, rows, model_spec) - truth).mean())
+
+    leaving_out, calibrating_on_all = error(spec), error(dataclasses.replace(spec, new_categories="model"))
+    assert leaving_out < 0.5 * calibrating_on_all
+    # Left out means exactly that: the same model as one calibrated on a slice without the new source.
+    fitted = fit_model(split, spec).estimator
+    known = split.calibration.filter(pl.col("source") != "lead_marketplace")
+    assert rows_the_model_decides(fitted, split.calibration, spec).height == known.height
+    np.testing.assert_allclose(outcome_probability(fit_model(dataclasses.replace(split, calibration=known), spec).estimator,
+                                                   rows, spec),
+                               outcome_probability(fitted, rows, spec))
