@@ -16,8 +16,8 @@ setup: $(READY)
 $(READY): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --quiet --disable-pip-version-check -r requirements.lock
-	$(BIN)/python -m pip install --quiet --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/python -m pip install --quiet --quiet --disable-pip-version-check --no-cache-dir -r requirements.lock
+	$(BIN)/python -m pip install --quiet --quiet --disable-pip-version-check --no-cache-dir --no-deps -e .
 	@touch $@
 
 demo: $(READY)
@@ -39,7 +39,7 @@ test-postgres: $(READY)
 	  apt-get install -y -q --no-install-recommends postgresql \
 	    || { apt-get update -q && apt-get install -y -q --no-install-recommends postgresql; }; \
 	fi
-	$(BIN)/python -m pip install --quiet --quiet --disable-pip-version-check -r requirements-server.txt
+	$(BIN)/python -m pip install --quiet --quiet --disable-pip-version-check --no-cache-dir -r requirements-server.txt
 	LOOP_TEST_POSTGRES=1 $(BIN)/python -m pytest -m postgres --durations=5 tests/test_postgres.py
 
 ui: $(READY)
