@@ -205,7 +205,8 @@ class Patterns:
     floor: float | None = None
     max_drop: float | None = None
     min_rows: int = 100
-    alpha: float = 0.10                 # family-wise over the segments tested in one report (Bonferroni)
+    alpha: float = 0.10                 # family-wise over the segments tested in one report (Bonferroni) ...
+    testing_horizon_weeks: int = 4      # ... and over this many weekly reports, as the gates do
     safe_mode: bool = False
     explore_share: float = 0.05
     seed: int = 0
@@ -414,15 +415,18 @@ def _patterns(raw: dict, features: list[Feature], path: Path) -> Patterns:
     patterns = Patterns(tuple(patterns.segments), patterns.rate_of,
                         None if patterns.floor is None else float(patterns.floor),
                         None if patterns.max_drop is None else float(patterns.max_drop), int(patterns.min_rows),
-                        float(patterns.alpha), bool(patterns.safe_mode), float(patterns.explore_share), int(patterns.seed))
+                        float(patterns.alpha), int(patterns.testing_horizon_weeks), bool(patterns.safe_mode),
+                        float(patterns.explore_share), int(patterns.seed))
     categorical = {f.name for f in features if f.type == "categorical"}
     if set(patterns.segments) - categorical:
         raise SpecError(f"{path}: [patterns] segments must be categorical features, not "
                         f"{sorted(set(patterns.segments) - categorical)}")
     if patterns.rate_of not in ("all", "positive_decision"):
         raise SpecError(f"{path}: [patterns] rate_of must be 'all' or 'positive_decision', not {patterns.rate_of!r}")
-    if not (0 < patterns.alpha < 1 and 0 <= patterns.explore_share < 0.5 and patterns.min_rows >= 1):
-        raise SpecError(f"{path}: [patterns] needs 0 < alpha < 1, 0 <= explore_share < 0.5 and min_rows >= 1")
+    if not (0 < patterns.alpha < 1 and patterns.testing_horizon_weeks >= 1 and 0 <= patterns.explore_share < 0.5
+            and patterns.min_rows >= 1):
+        raise SpecError(f"{path}: [patterns] needs 0 < alpha < 1, testing_horizon_weeks >= 1, 0 <= explore_share < 0.5 "
+                        f"and min_rows >= 1")
     return patterns
 
 

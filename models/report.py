@@ -129,8 +129,8 @@ def patterns_summary(model: str, week: str, patterns: dict[str, Any]) -> str:
          f"{patterns['window'][1][:10]}) against champion v{patterns['champion_version']}'s training window "
          f"({patterns['reference'][0][:10]} to {patterns['reference'][1][:10]}). Intervals: Wilson (rate) and Newcombe "
          f"(change), {patterns['level']:.1%} two-sided: each of the {patterns['tests']} tests is one-sided at "
-         f"{patterns['one_sided_alpha']:.4f} (Bonferroni). `reference` = all segments where a segment had too few "
-         f"rows of its own (a new one)."), "",
+         f"{patterns['one_sided_alpha']:.4f} (Bonferroni over the report's tests and its horizon of weekly reports). "
+         f"`reference` = all segments where a segment had too few rows of its own (a new one)."), "",
         markdown_table(patterns["segments"]),
     ]
     if patterns["entered"]:
