@@ -18,7 +18,8 @@ happened to convert, so the oracle is the ceiling on every seed), the weeks need
 after each scheduled drift until a week captures 80 % of that week's achievable gain, and the
 champion's calibration error week by week. It calls the library directly (Policy, fit_model,
 compare_with_champion, decide_promotion): no Prefect, no MLflow, no Delta. A promotion that the
-gates send to a person is approved when its estimated value gain is not negative (``approves``).
+gates send to a person is approved when its estimated value gain is not negative (``approves``); a first
+model the flip limit sends there has no estimate against the rule's deterministic logs and is not approved.
 
     .venv/bin/python bench/decision_quality.py            # 5 seeds, both models
     .venv/bin/python bench/decision_quality.py --quick    # 1 seed

@@ -177,6 +177,10 @@ class Gates:
     # the first decision-aware models rarely prove a gain, and the rule's exploration keeps costing (README,
     # "Decision quality").
     first_model_against_rule: bool = False
+    # A first model whose policy decides more than this share of last week's rows otherwise than the cold-start
+    # rule did waits for a person, as a challenger flipping more than max_decision_flip_share of the champion's
+    # decisions does. None: no limit (a rule that sends every reply draft to a person is replaced wholesale).
+    first_model_max_flip_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -344,6 +348,9 @@ def parse_spec(text: str, path: Path) -> ModelSpec:
         raise SpecError(f"{path}: [gates] approval_timeout_hours must be positive, not {gates.approval_timeout_hours!r}")
     if gates.value_interval not in ("widened", "bootstrap"):
         raise SpecError(f"{path}: [gates] value_interval must be 'widened' or 'bootstrap', not {gates.value_interval!r}")
+    if gates.first_model_max_flip_share is not None and not 0 <= gates.first_model_max_flip_share <= 1:
+        raise SpecError(f"{path}: [gates] first_model_max_flip_share must be in [0, 1], "
+                        f"not {gates.first_model_max_flip_share!r}")
     if gates.guard_weeks < 0 or gates.guard_margin < 0:
         raise SpecError(f"{path}: [gates] guard_weeks and guard_margin must not be negative")
     patterns = _patterns(raw, features, path)

@@ -92,7 +92,8 @@ def compare_with_champion(spec: ModelSpec, trained: TrainedModel, split: Split, 
     Without a champion the incumbent is the spec's cold-start rule. With ``[gates]
     first_model_against_rule`` the first model's policy has to beat the rule's value on the logs too,
     not only clear the absolute gates (a rule can be near the best a model could do, and a first model
-    trained on a few weeks can be worse than it).
+    trained on a few weeks can be worse than it). With ``first_model_max_flip_share`` the first model's
+    flips are counted against the rule's decisions, as a challenger's are against the champion's.
     """
     champion_metrics = None
     flips = None
@@ -104,8 +105,10 @@ def compare_with_champion(spec: ModelSpec, trained: TrainedModel, split: Split, 
     if champion is not None:
         champion_probabilities = outcome_probability(champion.estimator, split.test, spec)
         champion_metrics = classification_metrics(grades_of(split.test), champion_probabilities)
-        if recent.height:
-            flips = flip_share(old.decisions(old.scores(recent), recent), new.decisions(new.scores(recent), recent))
+    if recent.height and (champion is not None or spec.gates.first_model_max_flip_share is not None):
+        # A first model is measured against the cold-start rule's decisions on the same rows.
+        incumbent = old if old is not None else Policy(spec)
+        flips = flip_share(incumbent.decisions(incumbent.scores(recent), recent), new.decisions(new.scores(recent), recent))
     # Each row at its segment's threshold: the policies as they would decide.
     # The challenger's policy as it would decide (the rule where it never saw a category), not only its model's scores.
     evidence = gather_evidence(spec, split.test, new.scores(split.test), new.thresholds(split.test), champion_scores,

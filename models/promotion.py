@@ -26,6 +26,7 @@ from models.gates import Evidence, coverage_problems, value_verdict
 from models.registry import CHALLENGER, CHAMPION, Registry
 
 Action = Literal["promote", "keep", "await_approval"]
+RULE = "cold-start rule"      # the incumbent of a spec's first model
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,10 @@ def decide_promotion(gates: Gates, challenger: dict[str, float], champion: dict[
         reasons.append(f"first model: ROC AUC {auc:.3f} >= {gates.min_auc}, "
                        f"calibration error {ece:.3f} <= {gates.max_calibration_error}")
         if not gates.first_model_against_rule or evidence is None or "value_dr" not in evidence.differences:
-            return PromotionDecision("promote", tuple(reasons), flip_share)
+            return _flip_gate(reasons, flip_share, gates.first_model_max_flip_share, "the cold-start rule's")
         # The incumbent is the cold-start rule: the first model replaces it on the same value evidence a
         # challenger needs against a champion.
-        return _value_gate(gates, evidence, reasons, flip_share, "cold-start rule")
+        return _value_gate(gates, evidence, reasons, flip_share, RULE)
     if auc < champion["roc_auc"] - gates.auc_tolerance:
         failed.append(f"ROC AUC {auc:.3f} worse than champion {champion['roc_auc']:.3f} beyond tolerance {gates.auc_tolerance}")
     better_brier = challenger["brier"] < champion["brier"]
@@ -78,7 +79,7 @@ def decide_promotion(gates: Gates, challenger: dict[str, float], champion: dict[
                    f"calibration error {ece:.3f}")
     if evidence is not None and "dr" in evidence.challenger_value and "value_dr" in evidence.differences:
         return _value_gate(gates, evidence, reasons, flip_share, "champion")
-    return _flip_gate(gates, reasons, flip_share)
+    return _flip_gate(reasons, flip_share, gates.max_decision_flip_share, "the champion's")
 
 
 def _value_gate(gates: Gates, evidence: Evidence, reasons: list[str], flip_share: float | None,
@@ -92,13 +93,16 @@ def _value_gate(gates: Gates, evidence: Evidence, reasons: list[str], flip_share
     if verdict != "better":
         return PromotionDecision("keep", (text, *reasons), flip_share)
     reasons.append(text)
-    return _flip_gate(gates, reasons, flip_share)
+    if incumbent == RULE:
+        return _flip_gate(reasons, flip_share, gates.first_model_max_flip_share, "the cold-start rule's")
+    return _flip_gate(reasons, flip_share, gates.max_decision_flip_share, "the champion's")
 
 
-def _flip_gate(gates: Gates, reasons: list[str], flip_share: float | None) -> PromotionDecision:
-    if flip_share is not None and flip_share > gates.max_decision_flip_share:
-        return PromotionDecision("await_approval", (*reasons, f"{flip_share:.1%} of recent decisions would flip, more than "
-                                                    f"{gates.max_decision_flip_share:.0%}: needs a person's approval"), flip_share)
+def _flip_gate(reasons: list[str], flip_share: float | None, limit: float | None, whose: str) -> PromotionDecision:
+    """More of the incumbent's recent decisions flipping than ``limit`` (None: no limit) waits for a person."""
+    if flip_share is not None and limit is not None and flip_share > limit:
+        return PromotionDecision("await_approval", (*reasons, f"{flip_share:.1%} of {whose} recent decisions would flip, "
+                                                    f"more than {limit:.0%}: needs a person's approval"), flip_share)
     return PromotionDecision("promote", tuple(reasons), flip_share)
 
 

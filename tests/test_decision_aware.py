@@ -292,3 +292,34 @@ def test_calibration_leaves_out_rows_of_a_category_the_fit_slice_never_saw(specs
     np.testing.assert_allclose(outcome_probability(fit_model(dataclasses.replace(split, calibration=known), spec).estimator,
                                                    rows, spec),
                                outcome_probability(fitted, rows, spec))
+
+
+def test_a_first_model_that_would_change_many_of_the_rules_decisions_waits_for_a_person(constructed):
+    """A first model is held to a flip limit against the cold-start rule, as a challenger is against the champion:
+    a first model fit on the rule's logs alone can extrapolate the meeting's effect far from the truth."""
+    from models.evaluation import compare_with_champion
+    from models.registry import LoadedModel
+
+    spec, split, _, _ = constructed
+    trained = fit_model(split, spec)
+    challenger = LoadedModel(spec.name, "1", trained.estimator, trained.threshold.threshold, "", trained.thresholds)
+    recent = split.test
+    # What the rule and the model decide without exploration, from the rule's own conditions and the model's scores.
+    rule_meets = recent.select(pl.col("source").is_in(["referral", "trade_fair"]) | pl.col("requested_demo")).to_series()
+    model_meets = pl.Series(predict_scores(trained.estimator, recent, spec) >= trained.thresholds.for_rows(recent))
+    flips = float((rule_meets != model_meets).mean())
+    assert 0.02 < flips < 0.98
+
+    def compared(limit: float | None):
+        gates = dataclasses.replace(spec.gates, first_model_max_flip_share=limit, min_auc=0.5, max_calibration_error=1.0)
+        return compare_with_champion(dataclasses.replace(spec, gates=gates), trained, split, None, recent, challenger)
+
+    waiting = compared(flips - 0.01)
+    assert waiting.flip_share == pytest.approx(flips)
+    assert waiting.decision.action == "await_approval"
+    assert "of the cold-start rule's recent decisions would flip" in waiting.decision.reasons[-1]
+    assert compared(flips + 0.01).decision.action == "promote"
+    # Without a limit the first model is not measured against the rule at all (the reply spec: its rule sends
+    # every draft to a person, so any first model changes most of its decisions).
+    unlimited = compared(None)
+    assert unlimited.decision.action == "promote" and unlimited.flip_share is None
