@@ -116,9 +116,10 @@ def approval_flow(model: str, version: str, week: str = "", poll_seconds: int = 
     if request is None:
         return {**result, "outcome": ALREADY_DECIDED, "on_record": decision_on_record(model, version)}
     hours = request["timeout_hours"]
+    incumbent = f"the champion (version {request['champion']})" if request["champion"] else "the cold-start rule"
     form = ApprovalAnswer.with_initial_data(description=(
-        f"**{model} version {version}** waits for approval (champion: version {request['champion'] or 'none'}).\n\n"
-        f"{request['reasons']}\n\nApprove to make it champion, reject to keep the champion. "
+        f"**{model} version {version}** waits for approval; it would replace {incumbent}.\n\n"
+        f"{request['reasons']}\n\nApprove to make it champion, reject to keep {incumbent}. "
         f"Unanswered, the request expires as rejected after {hours:g} h."))
     try:
         given = pause_flow_run(wait_for_input=form, timeout=max(1, round(hours * 3600)), poll_interval=poll_seconds,

@@ -23,8 +23,9 @@ WEEK = "2026-W10"
 DECISIONS = ("approved", "rejected", "approval_expired")
 
 
-def _waiting_promotion(loop_home) -> Runtime:
-    """Champion version 1; version 2 waits for a person, put there by the same code the retraining uses."""
+def _waiting_promotion(loop_home, with_champion: bool = True) -> Runtime:
+    """Champion version 1 (or none: the cold-start rule decides); version 2 waits for a person, put there by the
+    same code the retraining uses."""
     runtime = Runtime.from_env()
     store, registry = runtime.store, runtime.registry
     with store.writer():
@@ -33,7 +34,8 @@ def _waiting_promotion(loop_home) -> Runtime:
     for _ in range(2):
         registry.client.create_model_version(MODEL, source=(loop_home / "model").as_uri())
     audit = AuditTrail(store, registry, NOW)
-    apply_decision(PromotionDecision("promote", ("first model",)), MODEL, "1", registry, audit, "2026-W09")
+    if with_champion:
+        apply_decision(PromotionDecision("promote", ("first model",)), MODEL, "1", registry, audit, "2026-W09")
     event = apply_decision(PromotionDecision("await_approval", ("41.0% of recent decisions would flip",), 0.41),
                            MODEL, "2", registry, audit, WEEK)
     assert event == "awaiting_approval"
@@ -91,6 +93,15 @@ class _ApprovalRun:
         return self.result, self.error
 
 
+def _form_description(flow_run) -> str:
+    """What the UI shows above the paused run's form."""
+    from prefect import get_client
+    from prefect.input.run_input import keyset_from_paused_state
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run_input(flow_run.id, keyset_from_paused_state(flow_run.state)["description"])
+
+
 def _final_state(flow_run_id):
     from prefect import get_client
 
@@ -104,6 +115,7 @@ def test_an_answer_in_the_form_approves_the_version(loop_home, prefect_harness):
     runtime = _waiting_promotion(loop_home)
     waiting = _ApprovalRun()
     run = waiting.paused()
+    assert "it would replace the champion (version 1)" in _form_description(run)
     # The form is typed: the server refuses an answer that is neither approve nor reject, and the run stays paused.
     with pytest.raises(RuntimeError, match="Cannot resume this run"):
         resume_flow_run(run.id, run_input={"decision": "maybe", "name": "anna", "reason": "?"})
@@ -140,6 +152,23 @@ def test_a_rejection_in_the_form_keeps_the_champion(loop_home, prefect_harness):
     tags = registry.get_version(MODEL, "2").tags
     assert (tags["decision"], tags["decision_by"], tags["decision_reasons"]) == ("rejected", "ben", "too many meetings")
     assert _decisions(runtime).select("event", "actor").rows() == [("rejected", "ben")]
+
+
+def test_a_first_model_waiting_for_a_person_is_weighed_against_the_cold_start_rule(loop_home, prefect_harness):
+    from prefect.flow_runs import resume_flow_run
+
+    runtime = _waiting_promotion(loop_home, with_champion=False)
+    waiting = _ApprovalRun()
+    run = waiting.paused()
+    description = _form_description(run)
+    assert "it would replace the cold-start rule" in description and "reject to keep the cold-start rule" in description
+    resume_flow_run(run.id, run_input={"decision": "reject", "name": "carla", "reason": "meetings for most web leads"})
+    result, error = waiting.finish()
+    assert error is None and result["outcome"] == "rejected"
+    # Nothing became champion: the rule keeps deciding.
+    assert runtime.registry.version_by_alias(MODEL, "champion") is None
+    assert runtime.registry.version_by_alias(MODEL, "challenger") is None
+    assert _decisions(runtime).select("event", "actor").rows() == [("rejected", "carla")]
 
 
 def test_an_unanswered_request_expires_as_rejected(loop_home, prefect_harness, tmp_path, monkeypatch):
