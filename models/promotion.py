@@ -26,7 +26,8 @@ from models.gates import Evidence, coverage_problems, value_verdict
 from models.registry import CHALLENGER, CHAMPION, Registry
 
 Action = Literal["promote", "keep", "await_approval"]
-RULE = "cold-start rule"      # the incumbent of a spec's first model
+# Who a challenger would replace: the champion, or for a spec's first model the cold-start rule.
+CHAMPION_INCUMBENT, RULE = "champion", "cold-start rule"
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def decide_promotion(gates: Gates, challenger: dict[str, float], champion: dict[
         reasons.append(f"first model: ROC AUC {auc:.3f} >= {gates.min_auc}, "
                        f"calibration error {ece:.3f} <= {gates.max_calibration_error}")
         if not gates.first_model_against_rule or evidence is None or "value_dr" not in evidence.differences:
-            return _flip_gate(reasons, flip_share, gates.first_model_max_flip_share, "the cold-start rule's")
+            return _flip_gate(gates, reasons, flip_share, RULE)
         # The incumbent is the cold-start rule: the first model replaces it on the same value evidence a
         # challenger needs against a champion.
         return _value_gate(gates, evidence, reasons, flip_share, RULE)
@@ -78,8 +79,8 @@ def decide_promotion(gates: Gates, challenger: dict[str, float], champion: dict[
                    f"{champion['brier']:.4f}; log loss {challenger['log_loss']:.4f} vs {champion['log_loss']:.4f}; "
                    f"calibration error {ece:.3f}")
     if evidence is not None and "dr" in evidence.challenger_value and "value_dr" in evidence.differences:
-        return _value_gate(gates, evidence, reasons, flip_share, "champion")
-    return _flip_gate(reasons, flip_share, gates.max_decision_flip_share, "the champion's")
+        return _value_gate(gates, evidence, reasons, flip_share, CHAMPION_INCUMBENT)
+    return _flip_gate(gates, reasons, flip_share, CHAMPION_INCUMBENT)
 
 
 def _value_gate(gates: Gates, evidence: Evidence, reasons: list[str], flip_share: float | None,
@@ -93,15 +94,14 @@ def _value_gate(gates: Gates, evidence: Evidence, reasons: list[str], flip_share
     if verdict != "better":
         return PromotionDecision("keep", (text, *reasons), flip_share)
     reasons.append(text)
-    if incumbent == RULE:
-        return _flip_gate(reasons, flip_share, gates.first_model_max_flip_share, "the cold-start rule's")
-    return _flip_gate(reasons, flip_share, gates.max_decision_flip_share, "the champion's")
+    return _flip_gate(gates, reasons, flip_share, incumbent)
 
 
-def _flip_gate(reasons: list[str], flip_share: float | None, limit: float | None, whose: str) -> PromotionDecision:
-    """More of the incumbent's recent decisions flipping than ``limit`` (None: no limit) waits for a person."""
+def _flip_gate(gates: Gates, reasons: list[str], flip_share: float | None, incumbent: str) -> PromotionDecision:
+    """More of the incumbent's recent decisions flipping than its limit waits for a person (the rule's may be None)."""
+    limit = gates.first_model_max_flip_share if incumbent == RULE else gates.max_decision_flip_share
     if flip_share is not None and limit is not None and flip_share > limit:
-        return PromotionDecision("await_approval", (*reasons, f"{flip_share:.1%} of {whose} recent decisions would flip, "
+        return PromotionDecision("await_approval", (*reasons, f"{flip_share:.1%} of the {incumbent}'s recent decisions would flip, "
                                                     f"more than {limit:.0%}: needs a person's approval"), flip_share)
     return PromotionDecision("promote", tuple(reasons), flip_share)
 
