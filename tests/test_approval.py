@@ -65,11 +65,15 @@ class _ApprovalRun:
         self.thread.start()
 
     def paused(self, seconds: float = 90):
-        """The paused flow run, once its form (the input schema) is saved: what the UI needs to show it."""
+        """The paused flow run, once its form (the input schema and its description) is saved: what the UI needs.
+
+        Prefect pauses the run first and saves the schema, then the description, after it: a run can be
+        paused with no form yet, which the server answers with 404 (PrefectHTTPStatusError from the sync client).
+        """
         from prefect import get_client
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterState, FlowRunFilterStateType
         from prefect.client.schemas.objects import StateType
-        from prefect.exceptions import ObjectNotFound
+        from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
         from prefect.input.run_input import keyset_from_paused_state
 
         deadline = time.monotonic() + seconds
@@ -79,11 +83,16 @@ class _ApprovalRun:
                     name=FlowRunFilterName(any_=[f"approval-{MODEL}-v2-{WEEK}"]),
                     state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
                 if runs:
+                    keyset = keyset_from_paused_state(runs[0].state)
                     try:
-                        client.read_flow_run_input(runs[0].id, keyset_from_paused_state(runs[0].state)["schema"])
+                        for key in ("schema", "description"):
+                            client.read_flow_run_input(runs[0].id, keyset[key])
                         return runs[0]
                     except ObjectNotFound:
                         pass
+                    except PrefectHTTPStatusError as error:
+                        if error.response.status_code != 404:
+                            raise
                 time.sleep(0.2)
         pytest.fail(f"no paused approval run appeared (flow ended with {self.error!r} / {self.result!r})")
 
