@@ -53,7 +53,7 @@ class _ApprovalRun:
     def __init__(self) -> None:
         from flows.approval import approval_flow
 
-        self.result, self.error = None, None
+        self.result, self.error, self.description = None, None, ""
 
         def run() -> None:
             try:
@@ -65,7 +65,8 @@ class _ApprovalRun:
         self.thread.start()
 
     def paused(self, seconds: float = 90):
-        """The paused flow run, once its form (the input schema and its description) is saved: what the UI needs.
+        """The paused flow run, once its form (the input schema and its description, kept as ``self.description``)
+        is saved: what the UI needs.
 
         Prefect pauses the run first and saves the schema, then the description, after it: a run can be
         paused with no form yet, which the server answers with 404 (PrefectHTTPStatusError from the sync client).
@@ -85,8 +86,8 @@ class _ApprovalRun:
                 if runs:
                     keyset = keyset_from_paused_state(runs[0].state)
                     try:
-                        for key in ("schema", "description"):
-                            client.read_flow_run_input(runs[0].id, keyset[key])
+                        client.read_flow_run_input(runs[0].id, keyset["schema"])
+                        self.description = client.read_flow_run_input(runs[0].id, keyset["description"])
                         return runs[0]
                     except ObjectNotFound:
                         pass
@@ -102,15 +103,6 @@ class _ApprovalRun:
         return self.result, self.error
 
 
-def _form_description(flow_run) -> str:
-    """What the UI shows above the paused run's form."""
-    from prefect import get_client
-    from prefect.input.run_input import keyset_from_paused_state
-
-    with get_client(sync_client=True) as client:
-        return client.read_flow_run_input(flow_run.id, keyset_from_paused_state(flow_run.state)["description"])
-
-
 def _final_state(flow_run_id):
     from prefect import get_client
 
@@ -124,7 +116,7 @@ def test_an_answer_in_the_form_approves_the_version(loop_home, prefect_harness):
     runtime = _waiting_promotion(loop_home)
     waiting = _ApprovalRun()
     run = waiting.paused()
-    assert "it would replace the champion (version 1)" in _form_description(run)
+    assert "it would replace the champion (version 1)" in waiting.description
     # The form is typed: the server refuses an answer that is neither approve nor reject, and the run stays paused.
     with pytest.raises(RuntimeError, match="Cannot resume this run"):
         resume_flow_run(run.id, run_input={"decision": "maybe", "name": "anna", "reason": "?"})
@@ -169,8 +161,8 @@ def test_a_first_model_waiting_for_a_person_is_weighed_against_the_cold_start_ru
     runtime = _waiting_promotion(loop_home, with_champion=False)
     waiting = _ApprovalRun()
     run = waiting.paused()
-    description = _form_description(run)
-    assert "it would replace the cold-start rule" in description and "reject to keep the cold-start rule" in description
+    assert "it would replace the cold-start rule" in waiting.description
+    assert "reject to keep the cold-start rule" in waiting.description
     resume_flow_run(run.id, run_input={"decision": "reject", "name": "carla", "reason": "meetings for most web leads"})
     result, error = waiting.finish()
     assert error is None and result["outcome"] == "rejected"
