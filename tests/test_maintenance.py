@@ -107,7 +107,7 @@ def test_compact_merges_small_appends_and_vacuum_removes_old_versions(tmp_path, 
     assert _disk_files(uri) == _current_files(uri)
     assert pl.read_delta(uri).sort("action_id").equals(rows_before)
     assert store.scan_actions("lead_scoring").collect().height == 12
-    with pytest.raises(Exception):   # the old version's files are gone
+    with pytest.raises(FileNotFoundError):   # the old version's files are gone
         pl.read_delta(uri, version=version_before_compaction)
 
 

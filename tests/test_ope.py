@@ -135,7 +135,7 @@ def test_cross_fitting_keeps_doubly_robust_honest_when_the_outcome_model_memoris
 
 
 def test_week_blocks_give_wider_intervals_than_rows_when_weeks_are_correlated(spec):
-    frame, shift = world(spec, seed=1, week_sd=0.08)
+    frame, _ = world(spec, seed=1, week_sd=0.08)
     x = frame["x"].to_numpy()
     p_target = positive_probability(x, 0.4, spec)
     by_week = ope.estimate(ope.logged_rows(frame, spec), p_target, "snips")
