@@ -33,10 +33,10 @@ times the criteria the spec sets) and over the weekly reports of the horizon, as
 runs every week and a flag holds its segment until a person clears it, so the bound that matters is per
 horizon: over ``testing_horizon_weeks`` consecutive reports, a segment that is in fact fine is flagged
 with probability at most about ``alpha`` (Newcombe's interval is approximate; tests/test_patterns.py
-measures 0.13 at alpha 0.10 with every test on its null). Per report alone a tenth of the weeks could hold a fine segment: on
-the benchmark's seed 7, week 8's leads converted within 7 days at 1.6 % against 2.2-2.8 % in the weeks
-around it, in every source (chance: the simulator's draws of when a lead closes), and the naive loop's
-report held its website leads for good.
+measures 0.13 at alpha 0.10 with every test on its null). Per report alone a tenth of the weeks could
+hold a fine segment: on the benchmark's seed 7, week 8's leads converted within 7 days at 1.6 % against
+2.2-2.8 % in the weeks around it, in every source (chance: the simulator's draws of when a lead closes),
+and the naive loop's report held its website leads for good.
 The intervals shown are two-sided at ``1 - 2 * alpha / (tests * testing_horizon_weeks)``.
 """
 
